@@ -1,0 +1,230 @@
+"""The one place that touches Keras internals.
+
+Growing a built layer and carrying an optimizer's state over to new variables
+needs a few private attributes of Keras objects (variable trackers, the
+optimizer's variable index, TensorFlow distribution strategies). They are all
+reached through the functions here, so that a change in Keras breaks one
+module, and the tests that cover it, rather than the whole package.
+"""
+
+import contextlib
+
+import keras
+
+
+@contextlib.contextmanager
+def unlocked_tracker(obj):
+    """Lets a built layer, metric or optimizer track new variables.
+
+    Built Keras objects lock their variable tracker; `Dense.enable_lora` opens
+    it the same way to add weights to a built layer.
+    """
+    tracker = obj._tracker
+    was_locked = tracker.locked
+    tracker.unlock()
+    try:
+        yield
+    finally:
+        if was_locked:
+            tracker.lock()
+
+
+def untrack_variable(obj, variable):
+    """Removes `variable` from `obj`'s variable tracker."""
+    with unlocked_tracker(obj):
+        obj._tracker.untrack(variable)
+
+
+def variable_scope_of(variable):
+    """The context in which variables like `variable` must be created.
+
+    Under `tf.distribute`, a callback runs outside the strategy's scope, and a
+    variable made there would live on one device only while its peers are
+    mirrored: the replicas would then silently diverge.
+    """
+    if keras.backend.backend() == "tensorflow":
+        strategy = getattr(variable.value, "_distribute_strategy", None)
+        if strategy is not None:
+            return strategy.scope()
+    return contextlib.nullcontext()
+
+
+def optimizer_children(optimizer):
+    """The optimizers that `optimizer` wraps (loss scaling, `MultiOptimizer`)."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:
+        return [inner]
+    if isinstance(optimizer, keras.optimizers.MultiOptimizer):
+        return list(optimizer.optimizers)
+    return []
+
+
+def optimizer_knows(optimizer, variable):
+    """Whether the built `optimizer` updates `variable`."""
+    return optimizer._var_key(variable) in optimizer._trainable_variables_indices
+
+
+def optimizer_variable_index(optimizer, variable):
+    """The index of `variable` among the variables the built `optimizer` updates."""
+    return optimizer._trainable_variables_indices[optimizer._var_key(variable)]
+
+
+def optimizer_slot_lists(optimizer):
+    """The per-variable slot lists of a built `optimizer`, by attribute name.
+
+    Keras optimizers keep each kind of slot in a list aligned with the
+    variables they update (`Adam._momentums`, `SGD.momentums`, the EMA's
+    `_model_variables_moving_average`, ...). They are found by that alignment
+    rather than by slot names, which differ between an optimizer built by
+    `fit` and one built by `load_model`.
+    """
+    count = len(optimizer._trainable_variables)
+    skipped = (id(optimizer._variables), id(optimizer._trainable_variables))
+    lists = []
+    for name, value in vars(optimizer).items():
+        if not isinstance(value, list) or id(value) in skipped:
+            continue
+        if len(value) != count or not value:
+            continue
+        if all(item is None or isinstance(item, keras.Variable) for item in value):
+            lists.append((name, value))
+    return lists
+
+
+def new_optimizer_variable(optimizer, reference, like, value):
+    """Makes an untracked optimizer variable named as `like`, holding `value`.
+
+    It gets the name and path of `like` (the path of a loss-scaled optimizer's
+    inner slot depends on how it was built) and, on TensorFlow, lives on the
+    devices of the model variable `reference`, as `add_variable_from_reference`
+    would; the caller puts it in the place of `like`, so that the save order
+    stays that of a fresh `build`.
+    """
+    with variable_scope_of(reference), _colocated_with(optimizer, reference):
+        with _parent_scope_of(like):
+            return keras.Variable(
+                initializer=value,
+                dtype=like.dtype,
+                trainable=False,
+                aggregation=like.aggregation,
+                name=like.name,
+            )
+
+
+def _parent_scope_of(variable):
+    parent = variable.path.rpartition("/")[0]
+    if not parent:
+        return contextlib.nullcontext()
+    outer, _, last = parent.rpartition("/")
+    return keras.name_scope(last, override_parent=outer)
+
+
+def _colocated_with(optimizer, reference):
+    strategy = getattr(optimizer, "_distribution_strategy", None)
+    if strategy is None:
+        return contextlib.nullcontext()
+    return strategy.extended.colocate_vars_with(reference.value)
+
+
+def replace_optimizer_variable(optimizer, old, new):
+    """Puts optimizer variable `new` in the place of `old`, everywhere it is held.
+
+    Optimizers keep their slots both in their tracked variable list (the save
+    order) and in per-kind lists such as Adam's `_momentums`.
+    """
+    tracker = optimizer._tracker
+    store = optimizer._variables
+    for i, variable in enumerate(store):
+        if variable is old:
+            _set_list_item(store, i, new)
+            tracker.stored_ids["variables"].discard(id(old))
+            tracker.stored_ids["variables"].add(id(new))
+    for value in vars(optimizer).values():
+        if isinstance(value, list) and value is not store:
+            for i, item in enumerate(value):
+                if item is old:
+                    _set_list_item(value, i, new)
+
+
+def replace_trainable_variable(optimizer, old, new):
+    """Makes `optimizer` update `new` where it updated `old`, at the same index."""
+    key = optimizer._var_key(old)
+    index = optimizer._trainable_variables_indices.pop(key)
+    optimizer._trainable_variables_indices[optimizer._var_key(new)] = index
+    trainable = optimizer._trainable_variables
+    if isinstance(trainable, tuple):
+        # `LossScaleOptimizer` keeps a tuple; set it as `build` does, without
+        # the trackers (they would count model variables as optimizer ones).
+        object.__setattr__(
+            optimizer,
+            "_trainable_variables",
+            tuple(new if v is old else v for v in trainable),
+        )
+    else:
+        for i, variable in enumerate(trainable):
+            if variable is old:
+                _set_list_item(trainable, i, new)
+    to_optimizer = getattr(optimizer, "_var_to_optimizer_idx", None)
+    if to_optimizer is not None and key in to_optimizer:
+        to_optimizer[optimizer._var_key(new)] = to_optimizer.pop(key)
+    cache = getattr(optimizer, "_exclude_from_weight_decay_cache", None)
+    if cache is not None:
+        cache.pop(key, None)
+
+
+def _set_list_item(items, index, value):
+    """`items[index] = value`, also in TensorFlow's list wrapper.
+
+    TensorFlow wraps an object's lists in a `ListWrapper` whose `__setitem__`
+    compares the old and new contents with `==`, which Keras variables of
+    different shapes do not support; it also marks the list as unsaveable.
+    A grown variable takes the place, name and role of the one it replaces,
+    so the wrapper's storage is updated directly.
+    """
+    storage = getattr(items, "_storage", None)
+    if storage is None:
+        items[index] = value
+        return
+    storage[index] = value
+    items._update_snapshot()
+
+
+def compiled_metrics(model):
+    """The metric objects that `compile` made for `model`, built ones only."""
+    compile_metrics = getattr(model, "_compile_metrics", None)
+    if compile_metrics is None or not compile_metrics.built:
+        return []
+    return list(compile_metrics.metrics)
+
+
+def reset_lazily_built_metric(metric):
+    """Drops the state of a metric that sizes its variables on first use.
+
+    `FBetaScore` (and so `F1Score`) makes per-class variables from the width of
+    the first predictions it sees; after growth they must be made again.
+    """
+    with unlocked_tracker(metric):
+        for variable in list(metric.variables):
+            metric._tracker.untrack(variable)
+    metric._built = False
+
+
+def is_lazily_built_metric(metric):
+    """Whether `reset_lazily_built_metric` can resize `metric`."""
+    return isinstance(metric, keras.metrics.FBetaScore)
+
+
+def remake_compiled_functions(model):
+    """Retraces the model's cached train/test/predict functions.
+
+    `fit` reads `model.train_function` on every step, so remaking it in place
+    (never setting it to `None`) is what lets growth happen inside a callback.
+    TensorFlow and JAX bake shapes and Python values into the trace; a stale
+    predict function would return the old width.
+    """
+    if getattr(model, "train_function", None) is not None:
+        model.make_train_function(force=True)
+    if getattr(model, "test_function", None) is not None:
+        model.make_test_function(force=True)
+    if getattr(model, "predict_function", None) is not None:
+        model.make_predict_function(force=True)

@@ -1,0 +1,200 @@
+import keras
+from keras import initializers
+from keras import ops
+
+from keras_incremental import compat
+from keras_incremental.checks import check_unit_count
+
+
+@keras.saving.register_keras_serializable(package="keras_incremental")
+class ExpandableDense(keras.layers.Dense):
+    """A `Dense` layer whose number of output units can grow in place.
+
+    It takes the arguments of `keras.layers.Dense` and computes the same
+    outputs for the same weights, on inputs of any rank. Two things differ:
+    `units` may be 0, so that a classifier head can start before any class is
+    known, and `expand(n)` adds `n` output units to the built layer without
+    rebuilding the model. The existing kernel and bias columns keep their
+    values to the bit and the variables keep their paths; the new columns
+    come from the layer's initializers.
+
+    `expand` changes the layer only. To grow a compiled model, so that its
+    optimizer state and compiled functions follow, use
+    `keras_incremental.expand(model, n)`.
+
+    Args:
+        units: Non-negative integer, dimensionality of the output space.
+            0 gives outputs of shape `(..., 0)`.
+        activation: Activation function to use. Defaults to `None` (linear).
+        use_bias: Boolean, whether the layer uses a bias vector.
+            Defaults to `True`.
+        kernel_initializer: Initializer for the `kernel` weights matrix, also
+            used for the columns that `expand` adds.
+            Defaults to `"glorot_uniform"`.
+        bias_initializer: Initializer for the bias vector, also used for the
+            entries that `expand` adds. Defaults to `"zeros"`.
+        kernel_regularizer: Regularizer function applied to the `kernel`.
+            Defaults to `None`.
+        bias_regularizer: Regularizer function applied to the bias vector.
+            Defaults to `None`.
+        activity_regularizer: Regularizer function applied to the output.
+            Defaults to `None`.
+        kernel_constraint: Constraint function applied to the `kernel`.
+            Defaults to `None`.
+        bias_constraint: Constraint function applied to the bias vector.
+            Defaults to `None`.
+        **kwargs: Any other argument of `keras.layers.Dense`, such as
+            `lora_rank`, `name` or `dtype`.
+
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., input_dim)`.
+
+    Output shape:
+        N-D tensor with shape `(batch_size, ..., units)`.
+
+    Example:
+
+    ```python
+    head = keras_incremental.ExpandableDense(3, name="head")
+    model = keras.Sequential([keras.Input((8,)), head])
+    before = model.predict(x)          # shape (batch, 3)
+    head.expand(2)
+    after = model.predict(x)           # shape (batch, 5)
+    # after[:, :3] equals before, to the bit.
+    ```
+    """
+
+    def __init__(self, units, **kwargs):
+        units = check_unit_count(units, "units", 0)
+        # `Dense` accepts only positive units; give it a placeholder and set
+        # the real count right after.
+        super().__init__(max(units, 1), **kwargs)
+        self.units = units
+
+    def call(self, inputs, training=None):
+        if self.units == 0:
+            # TensorFlow's oneDNN matmul aborts the process on a zero-width
+            # product; an empty output needs no arithmetic.
+            empty = ops.zeros_like(inputs[..., :0])
+            return ops.cast(empty, self.compute_dtype)
+        return super().call(inputs, training=training)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        # `Dense.quantize` refuses subclasses because their `call` may differ;
+        # this one computes what `Dense` computes once it has units.
+        if type_check and type(self) is not ExpandableDense:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)
+
+    def expand(self, n, kernel_initializer=None, bias_initializer=None):
+        """Adds `n` output units to the layer, in place.
+
+        The kernel and bias are replaced by variables of the new width, with
+        the same names and paths; their leading columns hold the old values
+        unchanged. On an unbuilt layer only `units` changes.
+
+        Args:
+            n: Non-negative integer, the number of units to add.
+            kernel_initializer: Optional initializer for the new kernel
+                columns. Defaults to the layer's `kernel_initializer`.
+            bias_initializer: Optional initializer for the new bias entries.
+                Defaults to the layer's `bias_initializer`.
+
+        Returns:
+            A list of `(old_variable, new_variable)` pairs, for the code that
+            must follow the change (an optimizer's slots, for instance);
+            empty when nothing was replaced.
+        """
+        n = check_unit_count(n, "n", 0)
+        self.check_expandable()
+        kernel_initializer = initializers.get(
+            kernel_initializer or self.kernel_initializer
+        )
+        bias_initializer = initializers.get(
+            bias_initializer or self.bias_initializer
+        )
+        if n == 0:
+            return []
+        if not self.built:
+            self.units += n
+            return []
+
+        units = self.units + n
+        old_kernel = self._kernel
+        old_bias = self.bias
+        # The new columns are drawn as for a layer built with the new width,
+        # so that fan-based initializers scale them like the rest.
+        new_kernel_value = ops.concatenate(
+            [
+                old_kernel.value,
+                ops.cast(
+                    kernel_initializer((old_kernel.shape[0], units))[
+                        :, self.units :
+                    ],
+                    old_kernel.dtype,
+                ),
+            ],
+            axis=-1,
+        )
+        if old_bias is not None:
+            new_bias_value = ops.concatenate(
+                [
+                    old_bias.value,
+                    ops.cast(bias_initializer((n,)), old_bias.dtype),
+                ],
+                axis=-1,
+            )
+
+        with compat.variable_scope_of(old_kernel), compat.unlocked_tracker(
+            self
+        ):
+            new_kernel = self._replace_weight(
+                old_kernel, new_kernel_value, self.kernel_regularizer,
+                self.kernel_constraint,
+            )
+            self._kernel = new_kernel
+            pairs = [(old_kernel, new_kernel)]
+            if old_bias is not None:
+                new_bias = self._replace_weight(
+                    old_bias, new_bias_value, self.bias_regularizer,
+                    self.bias_constraint,
+                )
+                self.bias = new_bias
+                pairs.append((old_bias, new_bias))
+        self.units = units
+        return pairs
+
+    def check_expandable(self):
+        """Raises if the layer is in a state that `expand` cannot grow.
+
+        Raises:
+            ValueError: for a quantized layer or one with LoRA enabled.
+        """
+        if self.quantization_mode is not None:
+            raise ValueError(
+                f"Layer '{self.name}' is quantized "
+                f"(quantization_mode='{self.quantization_mode}'); expected an "
+                "unquantized layer. Grow the layer first, then quantize it."
+            )
+        if self.lora_enabled:
+            raise ValueError(
+                f"Layer '{self.name}' has LoRA enabled (lora_rank="
+                f"{self.lora_rank}); expected a layer without LoRA. Grow the "
+                "layer before calling `enable_lora`."
+            )
+
+    def _replace_weight(self, old, value, regularizer, constraint):
+        name = old.name
+        trainable = old.trainable
+        self._tracker.untrack(old)
+        new = self.add_weight(
+            name=name,
+            shape=tuple(value.shape),
+            initializer="zeros",
+            dtype=old.dtype,
+            trainable=trainable,
+            regularizer=regularizer,
+            constraint=constraint,
+        )
+        new.assign(value)
+        return new

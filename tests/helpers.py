@@ -1,0 +1,38 @@
+"""Small models and data shared by the tests."""
+
+import keras
+import numpy as np
+
+import keras_incremental as ki
+
+
+def data(n=64, features=8, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = rng.integers(0, classes, size=n)
+    return x, y
+
+
+def mlp(units=3, features=8, hidden=16, name="head"):
+    return keras.Sequential(
+        [
+            keras.Input((features,)),
+            keras.layers.Dense(hidden, activation="relu", name="body"),
+            ki.ExpandableDense(units, name=name),
+        ]
+    )
+
+
+def compiled_mlp(units=3, optimizer="adam", jit_compile=False, **kwargs):
+    model = mlp(units, **kwargs)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def values(variables):
+    return [np.array(v.numpy()) for v in variables]
