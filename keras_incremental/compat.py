@@ -50,7 +50,7 @@ def variable_scope_of(variable):
 
 
 def optimizer_children(optimizer):
-    """The optimizers that `optimizer` wraps (loss scaling, `MultiOptimizer`)."""
+    """The optimizers that `optimizer` wraps (loss scaling, multi)."""
     inner = getattr(optimizer, "inner_optimizer", None)
     if inner is not None:
         return [inner]
@@ -61,11 +61,13 @@ def optimizer_children(optimizer):
 
 def optimizer_knows(optimizer, variable):
     """Whether the built `optimizer` updates `variable`."""
-    return optimizer._var_key(variable) in optimizer._trainable_variables_indices
+    return (
+        optimizer._var_key(variable) in optimizer._trainable_variables_indices
+    )
 
 
 def optimizer_variable_index(optimizer, variable):
-    """The index of `variable` among the variables the built `optimizer` updates."""
+    """The index of `variable` among those the built `optimizer` updates."""
     return optimizer._trainable_variables_indices[optimizer._var_key(variable)]
 
 
@@ -86,7 +88,9 @@ def optimizer_slot_lists(optimizer):
             continue
         if len(value) != count or not value:
             continue
-        if all(item is None or isinstance(item, keras.Variable) for item in value):
+        if all(
+            item is None or isinstance(item, keras.Variable) for item in value
+        ):
             lists.append((name, value))
     return lists
 
@@ -127,7 +131,7 @@ def _colocated_with(optimizer, reference):
 
 
 def replace_optimizer_variable(optimizer, old, new):
-    """Puts optimizer variable `new` in the place of `old`, everywhere it is held.
+    """Puts optimizer variable `new` in the place of `old`, wherever held.
 
     Optimizers keep their slots both in their tracked variable list (the save
     order) and in per-kind lists such as Adam's `_momentums`.
@@ -147,7 +151,7 @@ def replace_optimizer_variable(optimizer, old, new):
 
 
 def replace_trainable_variable(optimizer, old, new):
-    """Makes `optimizer` update `new` where it updated `old`, at the same index."""
+    """Makes `optimizer` update `new` where it updated `old`, same index."""
     key = optimizer._var_key(old)
     index = optimizer._trainable_variables_indices.pop(key)
     optimizer._trainable_variables_indices[optimizer._var_key(new)] = index

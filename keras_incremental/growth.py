@@ -1,6 +1,7 @@
 """Growing a compiled model's head in place, with everything that follows it."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_incremental import compat
@@ -85,7 +86,9 @@ def find_head(model, layer=None):
     return found
 
 
-def expand(model, n, layer=None, kernel_initializer=None, bias_initializer=None):
+def expand(
+    model, n, layer=None, kernel_initializer=None, bias_initializer=None
+):
     """Grows a model's classifier head by `n` units, in place.
 
     Grows the `ExpandableDense` head and everything that depends on its
@@ -181,7 +184,9 @@ def _plan_optimizer(model, head):
     for candidate in _optimizer_tree(optimizer):
         if not candidate.built:
             continue
-        known = [v for v in head_variables if compat.optimizer_knows(candidate, v)]
+        known = [
+            v for v in head_variables if compat.optimizer_knows(candidate, v)
+        ]
         if not known:
             continue
         slots = {
@@ -215,16 +220,20 @@ def _slots_of(optimizer, variable):
 def _move_slots(optimizer, old, new, slots):
     """Replaces each slot of `old` by one of `new`'s shape, values carried."""
     old_width = old.shape[-1]
+    new_tail = None
     for slot, kind in slots:
+        old_value = ops.convert_to_numpy(slot.value)
         if kind in _VALUE_SLOTS:
             # An average of the variable starts from the variable's value.
-            tail = new.value[..., old_width:]
+            if new_tail is None:
+                new_tail = ops.convert_to_numpy(new.value)[..., old_width:]
+            tail = new_tail.astype(old_value.dtype)
         else:
-            tail = ops.zeros(
-                tuple(new.shape[:-1]) + (new.shape[-1] - old_width,),
-                dtype=slot.dtype,
+            tail = np.zeros(
+                old_value.shape[:-1] + (new.shape[-1] - old_width,),
+                dtype=old_value.dtype,
             )
-        value = ops.concatenate([slot.value, ops.cast(tail, slot.dtype)], axis=-1)
+        value = np.concatenate([old_value, tail], axis=-1)
         new_slot = compat.new_optimizer_variable(optimizer, new, slot, value)
         compat.replace_optimizer_variable(optimizer, slot, new_slot)
 

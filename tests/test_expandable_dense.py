@@ -57,9 +57,7 @@ def test_expand_keeps_old_columns_and_initializes_new_ones():
     np.testing.assert_array_equal(new_kernel[:, :3], kernel)
     np.testing.assert_array_equal(new_kernel[:, 3:], np.zeros((4, 2)))
     np.testing.assert_array_equal(new_bias, np.ones(5))
-    assert [v.path for v in layer.weights] == [
-        v.path for v, _ in pairs
-    ]
+    assert [v.path for v in layer.weights] == [v.path for v, _ in pairs]
 
 
 def test_expand_unbuilt_layer_only_changes_units():
@@ -106,8 +104,14 @@ def test_registered_for_saving(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "units, error", [(-3, ValueError), (2.5, TypeError), ("4", TypeError),
-                     (True, TypeError), (None, TypeError)]
+    "units, error",
+    [
+        (-3, ValueError),
+        (2.5, TypeError),
+        ("4", TypeError),
+        (True, TypeError),
+        (None, TypeError),
+    ],
 )
 def test_invalid_units(units, error):
     with pytest.raises(error, match=r"`units`.*Received: units="):

@@ -181,7 +181,7 @@ def test_save_after_growth_and_load_without_custom_objects(tmp_path):
     assert type(loaded.optimizer) is type(model.optimizer)
     assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
     for saved, restored in zip(
-        model.optimizer.variables, loaded.optimizer.variables
+        model.optimizer.variables, loaded.optimizer.variables, strict=True
     ):
         np.testing.assert_array_equal(restored.numpy(), saved.numpy())
     loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)
@@ -256,7 +256,7 @@ def test_metric_with_fixed_class_count_stops_growth_unchanged():
 
 def _assert_unchanged(model, weights, units):
     assert model.get_layer("head").units == units
-    for before, after in zip(weights, values(model.weights)):
+    for before, after in zip(weights, values(model.weights), strict=True):
         np.testing.assert_array_equal(before, after)
     x, y = data(classes=units, seed=7)
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
@@ -285,7 +285,9 @@ def test_bad_arguments_leave_the_model_unchanged(kwargs, error, pattern):
     slots = values(model.optimizer.variables)
     with pytest.raises(error, match=pattern):
         ki.expand(model, **kwargs)
-    for before, after in zip(slots, values(model.optimizer.variables)):
+    for before, after in zip(
+        slots, values(model.optimizer.variables), strict=True
+    ):
         np.testing.assert_array_equal(before, after)
     _assert_unchanged(model, weights, units=3)
 

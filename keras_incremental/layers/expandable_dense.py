@@ -1,4 +1,5 @@
 import keras
+import numpy as np
 from keras import initializers
 from keras import ops
 
@@ -122,41 +123,47 @@ class ExpandableDense(keras.layers.Dense):
         units = self.units + n
         old_kernel = self._kernel
         old_bias = self.bias
-        # The new columns are drawn as for a layer built with the new width,
-        # so that fan-based initializers scale them like the rest.
-        new_kernel_value = ops.concatenate(
-            [
-                old_kernel.value,
-                ops.cast(
-                    kernel_initializer((old_kernel.shape[0], units))[
-                        :, self.units :
-                    ],
-                    old_kernel.dtype,
-                ),
-            ],
+        # Growth runs eagerly, once per stage; NumPy keeps it to a handful of
+        # backend calls, which is what its cost is made of. The new columns
+        # are drawn as for a layer built with the new width, so that
+        # fan-based initializers scale them like the rest.
+        fresh = ops.convert_to_numpy(
+            kernel_initializer(
+                (old_kernel.shape[0], units), dtype=old_kernel.dtype
+            )
+        )
+        new_kernel_value = np.concatenate(
+            [ops.convert_to_numpy(old_kernel.value), fresh[:, self.units :]],
             axis=-1,
         )
         if old_bias is not None:
-            new_bias_value = ops.concatenate(
+            new_bias_value = np.concatenate(
                 [
-                    old_bias.value,
-                    ops.cast(bias_initializer((n,)), old_bias.dtype),
+                    ops.convert_to_numpy(old_bias.value),
+                    ops.convert_to_numpy(
+                        bias_initializer((n,), dtype=old_bias.dtype)
+                    ),
                 ],
                 axis=-1,
             )
 
-        with compat.variable_scope_of(old_kernel), compat.unlocked_tracker(
-            self
+        with (
+            compat.variable_scope_of(old_kernel),
+            compat.unlocked_tracker(self),
         ):
             new_kernel = self._replace_weight(
-                old_kernel, new_kernel_value, self.kernel_regularizer,
+                old_kernel,
+                new_kernel_value,
+                self.kernel_regularizer,
                 self.kernel_constraint,
             )
             self._kernel = new_kernel
             pairs = [(old_kernel, new_kernel)]
             if old_bias is not None:
                 new_bias = self._replace_weight(
-                    old_bias, new_bias_value, self.bias_regularizer,
+                    old_bias,
+                    new_bias_value,
+                    self.bias_regularizer,
                     self.bias_constraint,
                 )
                 self.bias = new_bias
@@ -187,14 +194,12 @@ class ExpandableDense(keras.layers.Dense):
         name = old.name
         trainable = old.trainable
         self._tracker.untrack(old)
-        new = self.add_weight(
+        return self.add_weight(
             name=name,
-            shape=tuple(value.shape),
-            initializer="zeros",
+            shape=value.shape,
+            initializer=lambda shape, dtype=None: value,
             dtype=old.dtype,
             trainable=trainable,
             regularizer=regularizer,
             constraint=constraint,
         )
-        new.assign(value)
-        return new
