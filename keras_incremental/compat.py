@@ -232,3 +232,21 @@ def remake_compiled_functions(model):
         model.make_test_function(force=True)
     if getattr(model, "predict_function", None) is not None:
         model.make_predict_function(force=True)
+
+
+def set_model_optimizer(model, optimizer):
+    """Makes `optimizer` the model's optimizer, also for `model.save`.
+
+    `model.save` serializes the optimizer captured by `compile`, not
+    `model.optimizer`; `load_model` would otherwise rebuild the old optimizer
+    and silently drop the saved state.
+    """
+    model.optimizer = optimizer
+    config = getattr(model, "_compile_config", None)
+    if config is not None:
+        config.config["optimizer"] = optimizer
+
+
+def set_optimizer_iterations(optimizer, value):
+    """Sets the step counter of `optimizer` (its raw one, not scaled)."""
+    optimizer._iterations.assign(value)

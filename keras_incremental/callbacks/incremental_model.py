@@ -1,0 +1,445 @@
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_incremental import checkpoint as checkpoints
+from keras_incremental import compat
+from keras_incremental.checks import check_unit_count
+from keras_incremental.freezing import check_freeze_spec
+from keras_incremental.freezing import layers_to_freeze
+from keras_incremental.growth import expand
+from keras_incremental.growth import find_head
+from keras_incremental.labels import LabelEncoder
+from keras_incremental.labels import labels_from_onehot
+from keras_incremental.learning_rates import base_learning_rate
+from keras_incremental.learning_rates import check_learning_rates
+from keras_incremental.learning_rates import leaf_optimizers
+from keras_incremental.learning_rates import multiplier_optimizer
+from keras_incremental.learning_rates import plan_groups
+from keras_incremental.learning_rates import rebuild_optimizer
+from keras_incremental.memory import ExemplarMemory
+from keras_incremental.targets import label_format
+from keras_incremental.targets import encode_targets
+
+STRATEGIES = ("finetune", "replay")
+
+
+class IncrementalModel(keras.callbacks.Callback):
+    """Staged class-incremental training inside `model.fit`.
+
+    Each call of `model.fit(..., callbacks=[inc])` is one stage. Before it,
+    `inc.prepare(x, y)` learns the class names the stage brings (labels of any
+    hashable kind: ints, strings, bytes; indices are stable and append-only,
+    see `classes_`) and returns the data ready for `fit`: labels encoded for
+    the compiled loss (class indices for sparse losses, one-hot of the grown
+    width for categorical ones) and, when a memory is configured, exemplars of
+    the earlier classes mixed in. During `fit` the callback grows the head by
+    the number of new classes, freezes the layers asked for and applies the
+    per-layer learning rates; at the end of the stage it updates the memory
+    and writes the checkpoint.
+
+    One instance serves every stage; its options are attributes that may be
+    changed between stages (freeze more, unfreeze, change multipliers).
+
+    Args:
+        model: Optional Keras model with an `ExpandableDense` head. Without
+            it, the model is known from the first `fit`; until then `prepare`
+            returns class indices. Defaults to `None`.
+        strategy: How to fight forgetting: `"replay"` (exemplars of earlier
+            classes mixed into each stage) or `"finetune"` (nothing). Defaults
+            to `None`, the best available: `"replay"`.
+        memory_size: Non-negative integer, the total exemplar budget over all
+            classes; 0 keeps none. Defaults to `0`.
+        checkpoint: Path of the stage checkpoint, a `.keras` file written
+            after every stage (its folder made when missing), or `None` for
+            none. Defaults to `None`.
+        head: Name of the `ExpandableDense` to grow, or `None` for the last
+            one of the model. Defaults to `None`.
+        freeze: Layers not to train this stage: `None`, `"backbone"` (all
+            but the head), a layer name or regular expression, a list of
+            them, or a callable `layer -> bool`. Defaults to `None`.
+        learning_rates: Optional dict mapping a layer name or regular
+            expression to a learning-rate multiplier (> 0), applied through a
+            `keras.optimizers.MultiOptimizer` whose state carries over between
+            stages. Defaults to `None`.
+        seed: Integer seed for exemplar selection and shuffling. Defaults to
+            `0`.
+
+    Example:
+
+    ```python
+    inc = keras_incremental.IncrementalModel(
+        memory_size=200, checkpoint="run/stages.keras"
+    )
+    for x, y in stages:
+        xs, ys = inc.prepare(x, y)
+        model.fit(xs, ys, epochs=5, callbacks=[inc])
+    names = inc.decode(model.predict(x_test).argmax(-1))
+    model, inc = keras_incremental.IncrementalModel.restore(
+        "run/stages.keras"
+    )
+    ```
+    """
+
+    def __init__(
+        self,
+        model=None,
+        strategy=None,
+        memory_size=0,
+        checkpoint=None,
+        head=None,
+        freeze=None,
+        learning_rates=None,
+        seed=0,
+    ):
+        super().__init__()
+        if strategy is None:
+            strategy = "replay"
+        if strategy not in STRATEGIES:
+            raise ValueError(
+                f"Unknown strategy {strategy!r}; expected one of "
+                f"{list(STRATEGIES)} or None. Received: strategy={strategy!r}"
+            )
+        self.strategy = strategy
+        self.memory_size = check_unit_count(memory_size, "memory_size", 0)
+        if checkpoint is not None:
+            checkpoint = checkpoints.check_checkpoint_path(checkpoint)
+        self.checkpoint = checkpoint
+        if head is not None and not isinstance(head, str):
+            raise TypeError(
+                "Expected `head` to be a layer name or None. "
+                f"Received: head={head!r}"
+            )
+        self.head = head
+        check_freeze_spec(freeze)
+        self.freeze = freeze
+        check_learning_rates(learning_rates)
+        self.learning_rates = learning_rates
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"Expected an integer seed. Received: {seed!r}")
+        self.seed = int(seed)
+        self.encoder = LabelEncoder()
+        self.memory = ExemplarMemory(self.memory_size, seed=self.seed)
+        self.stage_ = 0
+        self._stage_data = None
+        self._frozen = []
+        self._groups = None
+        if model is not None:
+            find_head(model, head)
+            self.set_model(model)
+
+    @property
+    def classes_(self):
+        """The class names learned so far; index `i` is output unit `i`."""
+        return list(self.encoder.classes_)
+
+    def _known_model(self):
+        try:
+            return self.model
+        except AttributeError:
+            return None
+
+    def prepare(self, x, y=None):
+        """Learns a stage's new classes and returns `(x, y)` for `model.fit`.
+
+        Args:
+            x: Inputs as a NumPy array (first axis the samples), or a
+                `tf.data.Dataset` of `(x, y)` elements, batched or not (then
+                `y` is left `None`).
+            y: The class labels: a 1-D array or list of ints, strings or
+                bytes, or a 2-D one-hot array. `None` with a dataset.
+
+        Returns:
+            `(x, y)` for `model.fit` with arrays, or `(dataset, None)` with a
+            dataset; labels encoded as the compiled loss expects, exemplars of
+            earlier classes mixed in when a memory is configured.
+
+        Raises:
+            ValueError: for an empty stage, x/y of different lengths,
+                non-finite inputs, `None` labels, 2-D labels that are not
+                one-hot. Nothing is changed.
+            TypeError: for labels mixing types. Nothing is changed.
+        """
+        model = self._known_model()
+        if model is not None:
+            self._check_options(model)
+        if isinstance(x, tf.data.Dataset):
+            if y is not None:
+                raise ValueError(
+                    "With a `tf.data.Dataset`, labels come from its (x, y) "
+                    "elements; expected `y=None`. Received a `y` as well."
+                )
+            return self._prepare_dataset(x), None
+        x, labels = self._check_arrays(x, y)
+        self.encoder.partial_fit(np.unique(labels) if _sortable(labels)
+                                 else labels)
+        indices = self.encoder.transform(labels)
+        self._stage_data = (x, indices)
+        x_old, y_old = self._replay_samples()
+        if y_old is not None and len(y_old):
+            x = np.concatenate([x, x_old.astype(x.dtype)], axis=0)
+            indices = np.concatenate([indices, y_old], axis=0)
+            order = np.random.default_rng([self.seed, self.stage_]).permutation(
+                len(indices)
+            )
+            x, indices = x[order], indices[order]
+        return x, self._targets(indices)
+
+    def decode(self, indices):
+        """Maps class indices (e.g. `predict(x).argmax(-1)`) to class names."""
+        return self.encoder.inverse_transform(np.asarray(indices))
+
+    def _check_arrays(self, x, y):
+        if y is None:
+            raise ValueError(
+                "Expected labels `y` with array inputs. Received: y=None"
+            )
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as error:
+            raise TypeError(
+                f"Expected `x` to be an array of inputs ({error})."
+            ) from error
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(
+                "Received an empty stage; expected at least one sample. "
+                f"Received: x.shape={x.shape}"
+            )
+        labels = np.asarray(y, dtype=object) if isinstance(y, list) else y
+        labels = np.asarray(labels)
+        if labels.ndim == 2:
+            labels = labels_from_onehot(labels)
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError(
+                "Expected as many labels as samples. Received: "
+                f"{x.shape[0]} samples in x and {labels.shape[0]} labels in y"
+            )
+        if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):
+            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            raise ValueError(
+                f"Received {bad} NaN or infinite values in x; expected finite "
+                "inputs. Clean or impute them before `prepare`."
+            )
+        return x, labels
+
+    def _targets(self, indices):
+        model = self._known_model()
+        fmt = label_format(model) if model is not None else "sparse"
+        width = len(self.encoder.classes_)
+        if model is not None:
+            width = max(width, find_head(model, self.head).units)
+        return encode_targets(indices, fmt, width)
+
+    def _replay_samples(self):
+        if self.strategy != "replay" or not len(self.memory):
+            return None, None
+        return self.memory.samples()
+
+    def _prepare_dataset(self, dataset):
+        labels = np.concatenate(
+            [
+                np.reshape(np.asarray(y, dtype=object), (-1,))
+                for y in dataset.map(lambda x, y: y).as_numpy_iterator()
+            ]
+        )
+        if labels.size == 0:
+            raise ValueError(
+                "Received an empty dataset; expected at least one element."
+            )
+        labels = np.asarray(labels.tolist())
+        self.encoder.partial_fit(np.unique(labels) if _sortable(labels)
+                                 else labels)
+        classes = self.encoder.classes_
+        keys = tf.constant(
+            [c.decode() if isinstance(c, bytes) else c for c in classes]
+            if isinstance(classes[0], bytes) else classes
+        )
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                keys, tf.range(len(classes), dtype=tf.int64)
+            ),
+            default_value=-1,
+        )
+        model = self._known_model()
+        fmt = label_format(model) if model is not None else "sparse"
+        width = len(classes)
+        if model is not None:
+            width = max(width, find_head(model, self.head).units)
+        key_dtype = keys.dtype
+
+        def encode(x, y):
+            index = table.lookup(tf.cast(y, key_dtype))
+            if fmt == "categorical":
+                return x, tf.one_hot(index, width)
+            return x, index
+
+        self._stage_data = dataset
+        prepared = dataset.map(encode)
+        x_old, y_old = self._replay_samples()
+        if y_old is not None and len(y_old):
+            replay = tf.data.Dataset.from_tensor_slices(
+                (x_old, encode_targets(y_old, fmt, width))
+            )
+            spec = dataset.element_spec[0]
+            if spec.shape.rank == x_old.ndim:
+                batch = next(iter(dataset))[0].shape[0]
+                replay = replay.batch(batch)
+            prepared = prepared.concatenate(replay)
+        return prepared
+
+    def _check_options(self, model):
+        check_freeze_spec(self.freeze)
+        check_learning_rates(self.learning_rates)
+        head = find_head(model, self.head)
+        layers_to_freeze(model, head, self.freeze)
+        if self.learning_rates:
+            plan_groups(model, self.learning_rates)
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self._check_options(model)
+        head = find_head(model, self.head)
+        missing = len(self.encoder.classes_) - head.units
+        if missing > 0:
+            expand(model, missing, layer=head)
+        self._apply_freezing(model, head)
+        self._apply_learning_rates(model)
+        compat.remake_compiled_functions(model)
+
+    def _apply_freezing(self, model, head):
+        frozen = layers_to_freeze(model, head, self.freeze)
+        for layer in self._frozen:
+            if layer not in frozen:
+                layer.trainable = True
+        for layer in frozen:
+            layer.trainable = False
+        self._frozen = frozen
+        optimizer = model.optimizer
+        if optimizer is not None and optimizer.built:
+            unknown = [
+                v
+                for v in model.trainable_variables
+                if not any(
+                    compat.optimizer_knows(o, v)
+                    for o in leaf_optimizers(optimizer)
+                )
+            ]
+            if unknown:
+                # Unfrozen variables the optimizer never saw: rebuild it on
+                # the current ones, with the state of the known ones kept.
+                clone = type(optimizer).from_config(optimizer.get_config())
+                rebuild_optimizer(model, clone)
+
+    def _apply_learning_rates(self, model):
+        if not self.learning_rates:
+            return
+        groups = plan_groups(model, self.learning_rates)
+        optimizer = model.optimizer
+        if self._groups is not None and _same_paths(self._groups, groups):
+            for multiplier, sub in self._sub_optimizers(optimizer, groups):
+                sub.learning_rate = self._base_rate * multiplier
+            self._groups = groups
+            return
+        template = optimizer
+        if isinstance(optimizer, keras.optimizers.MultiOptimizer):
+            template = optimizer.optimizers[-1]
+            base = self._base_rate
+        else:
+            base = base_learning_rate(optimizer)
+        self._base_rate = base
+        rebuild_optimizer(model, multiplier_optimizer(template, base, groups))
+        self._groups = groups
+
+    def _sub_optimizers(self, optimizer, groups):
+        mapping = optimizer._optimizer_map
+        for multiplier, paths in groups.items():
+            yield multiplier, mapping[paths[0]]
+
+    def on_train_end(self, logs=None):
+        self._update_memory()
+        self.stage_ += 1
+        if self.checkpoint is not None:
+            checkpoints.write_checkpoint(
+                self.checkpoint,
+                self.model,
+                self.state(),
+                self.memory if self.memory_size else None,
+            )
+
+    def _update_memory(self):
+        data = self._stage_data
+        self._stage_data = None
+        if data is None or not self.memory_size:
+            return
+        if isinstance(data, tf.data.Dataset):
+            for x, y in data.as_numpy_iterator():
+                if np.ndim(y) == 0:  # an unbatched element
+                    x, y = np.expand_dims(x, 0), np.reshape(y, (1,))
+                labels = np.asarray(y, dtype=object).tolist()
+                self.memory.update(x, self.encoder.transform(labels))
+            return
+        self.memory.update(*data)
+
+    def state(self):
+        """The run's state for the checkpoint, as a JSON-able dict."""
+        freeze = self.freeze if not callable(self.freeze) else None
+        return {
+            "stage": self.stage_,
+            "encoder": self.encoder.to_config(),
+            "settings": {
+                "strategy": self.strategy,
+                "memory_size": self.memory_size,
+                "checkpoint": self.checkpoint,
+                "head": self.head,
+                "freeze": list(freeze) if isinstance(freeze, tuple) else freeze,
+                "learning_rates": self.learning_rates,
+                "seed": self.seed,
+            },
+            "groups": None if self._groups is None else {
+                str(m): p for m, p in self._groups.items()
+            },
+            "base_rate": getattr(self, "_base_rate", None),
+        }
+
+    @classmethod
+    def restore(cls, path):
+        """Loads a stage checkpoint, ready for the next stage.
+
+        Args:
+            path: A checkpoint written by `IncrementalModel(checkpoint=...)`.
+
+        Returns:
+            `(model, inc)`: the model with its optimizer state, and an
+            `IncrementalModel` with the class names, memory, stage number and
+            settings of the run.
+        """
+        model, state, memory = checkpoints.read_checkpoint(
+            path, ExemplarMemory
+        )
+        settings = dict(state["settings"])
+        settings["checkpoint"] = checkpoints.check_checkpoint_path(path)
+        inc = cls(model=model, **settings)
+        inc.encoder = LabelEncoder.from_config(state["encoder"])
+        inc.stage_ = int(state["stage"])
+        if memory is not None:
+            inc.memory = memory
+        if state.get("groups") is not None:
+            inc._groups = {float(m): p for m, p in state["groups"].items()}
+            inc._base_rate = state["base_rate"]
+        head = find_head(model, inc.head)
+        inc._frozen = layers_to_freeze(model, head, inc.freeze)
+        return model, inc
+
+
+def _same_paths(old, new):
+    return sorted(map(tuple, old.values())) == sorted(map(tuple, new.values()))
+
+
+def _sortable(labels):
+    try:
+        np.unique(labels)
+    except TypeError:
+        return False
+    return True

@@ -1,0 +1,74 @@
+"""Which layers a stage trains: freezing by name, pattern or callable."""
+
+import re
+
+from keras_incremental.growth import iter_layers
+
+BACKBONE = "backbone"
+
+
+def check_freeze_spec(spec):
+    """Raises `TypeError` unless `spec` is a valid `freeze` argument."""
+    if spec is None or callable(spec) or isinstance(spec, str):
+        return
+    if isinstance(spec, (list, tuple)) and all(
+        isinstance(item, str) for item in spec
+    ):
+        return
+    raise TypeError(
+        "Expected `freeze` to be None, 'backbone', a layer name or regular "
+        "expression, a list of them, or a callable taking a layer and "
+        f"returning a bool. Received: freeze={spec!r}"
+    )
+
+
+def layers_to_freeze(model, head, spec):
+    """The layers of `model` that `spec` freezes.
+
+    Args:
+        model: The Keras model.
+        head: The classifier head, never frozen by `"backbone"`.
+        spec: `None` (nothing), `"backbone"` (every layer with weights but
+            the head), a layer name or regular expression matched in full
+            against layer names, a list of them, or a callable
+            `layer -> bool`.
+
+    Returns:
+        A list of layers, in model order.
+
+    Raises:
+        ValueError: when a name or pattern matches no layer.
+    """
+    check_freeze_spec(spec)
+    layers = [layer for layer in iter_layers(model) if layer.weights]
+    if spec is None:
+        return []
+    if callable(spec):
+        return [layer for layer in layers if spec(layer)]
+    if spec == BACKBONE:
+        return [
+            layer
+            for layer in model.layers
+            if layer is not head and layer.weights
+        ]
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    chosen = []
+    for pattern in patterns:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise ValueError(
+                f"Freeze pattern {pattern!r} is not a valid regular "
+                f"expression ({error}); expected a layer name or pattern."
+            ) from error
+        matches = [
+            layer for layer in layers if compiled.fullmatch(layer.name)
+        ]
+        if not matches:
+            raise ValueError(
+                f"Freeze pattern {pattern!r} matches no layer with weights; "
+                f"expected one of {[layer.name for layer in layers]} (or a "
+                "regular expression matching some)."
+            )
+        chosen.extend(m for m in matches if m not in chosen)
+    return chosen
