@@ -6,7 +6,15 @@ ordinary `compile` / `fit` / `save` workflow.
 
 __version__ = "0.1.0"
 
+from keras_incremental.callbacks import IncrementalModel
 from keras_incremental.growth import expand
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.transfer import transfer_weights
 
-__all__ = ["ExpandableDense", "expand", "__version__"]
+__all__ = [
+    "ExpandableDense",
+    "IncrementalModel",
+    "expand",
+    "transfer_weights",
+    "__version__",
+]

@@ -44,7 +44,7 @@ def check_checkpoint_path(path, must_exist=False):
 
 
 def write_checkpoint(path, model, state, memory=None):
-    """Writes `model`, `state` (JSON-able dict) and `memory` to `path`, atomically.
+    """Writes `model`, `state` (a JSON-able dict) and `memory`, atomically.
 
     The folder is made when missing.
     """

@@ -61,9 +61,7 @@ def layers_to_freeze(model, head, spec):
                 f"Freeze pattern {pattern!r} is not a valid regular "
                 f"expression ({error}); expected a layer name or pattern."
             ) from error
-        matches = [
-            layer for layer in layers if compiled.fullmatch(layer.name)
-        ]
+        matches = [layer for layer in layers if compiled.fullmatch(layer.name)]
         if not matches:
             raise ValueError(
                 f"Freeze pattern {pattern!r} matches no layer with weights; "

@@ -26,7 +26,8 @@ def check_learning_rates(learning_rates):
         raise TypeError(
             "Expected `learning_rates` to be a dict mapping a layer name or "
             "regular expression to a learning-rate multiplier, e.g. "
-            f"{{'backbone_.*': 0.1}}. Received: learning_rates={learning_rates!r}"
+            f"{{'backbone_.*': 0.1}}. Received: "
+            f"learning_rates={learning_rates!r}"
         )
     for pattern, multiplier in learning_rates.items():
         if not isinstance(pattern, str):
@@ -48,11 +49,12 @@ def check_learning_rates(learning_rates):
 
 
 def plan_groups(model, learning_rates):
-    """Groups the model's variables by learning-rate multiplier.
+    """Groups the model's layers by learning-rate multiplier.
 
     Returns:
-        A dict `multiplier -> sorted list of variable paths` for the layers
-        whose name matches a pattern (the first matching pattern wins).
+        A dict `multiplier -> sorted layer names` for the layers with
+        weights whose name matches a pattern (the first matching pattern
+        wins).
 
     Raises:
         ValueError: when a pattern matches no layer with weights.
@@ -71,12 +73,21 @@ def plan_groups(model, learning_rates):
                 " (or a regular expression matching some)."
             )
         for layer in matches:
-            for variable in layer.weights:
-                if variable.path in claimed:
-                    continue
-                claimed.add(variable.path)
-                groups.setdefault(float(multiplier), []).append(variable.path)
-    return {m: sorted(paths) for m, paths in groups.items()}
+            if layer.name not in claimed:
+                claimed.add(layer.name)
+                groups.setdefault(float(multiplier), []).append(layer.name)
+    return {m: sorted(names) for m, names in groups.items()}
+
+
+def group_pattern(layer_names):
+    """The `OptimizerMap` key matching the variables of `layer_names`.
+
+    Variable paths end in `<layer name>/<variable name>`, and what comes
+    before differs between a model built in code and one `load_model` made,
+    so the pattern anchors on the layer name only.
+    """
+    names = "|".join(re.escape(name) for name in layer_names)
+    return f"(?:.*/)?(?:{names})/[^/]+"
 
 
 def base_learning_rate(optimizer):
@@ -109,13 +120,12 @@ def multiplier_optimizer(template, base_rate, groups):
     Args:
         template: A plain optimizer whose class and settings are copied.
         base_rate: The learning rate of the variables in no group.
-        groups: A dict `multiplier -> variable paths`, from `plan_groups`.
+        groups: A dict `multiplier -> layer names`, from `plan_groups`.
     """
     default = _clone(template, base_rate, f"{template.name}_default")
     mapping = keras.optimizers.OptimizerMap(default)
-    for index, (multiplier, paths) in enumerate(sorted(groups.items())):
-        pattern = "|".join(re.escape(path) for path in paths)
-        mapping[f"(?:{pattern})"] = _clone(
+    for index, (multiplier, names) in enumerate(sorted(groups.items())):
+        mapping[group_pattern(names)] = _clone(
             template, base_rate * multiplier, f"{template.name}_group_{index}"
         )
     return keras.optimizers.MultiOptimizer(mapping, name="multi_optimizer")

@@ -20,8 +20,8 @@ from keras_incremental.learning_rates import multiplier_optimizer
 from keras_incremental.learning_rates import plan_groups
 from keras_incremental.learning_rates import rebuild_optimizer
 from keras_incremental.memory import ExemplarMemory
-from keras_incremental.targets import label_format
 from keras_incremental.targets import encode_targets
+from keras_incremental.targets import label_format
 
 STRATEGIES = ("finetune", "replay")
 
@@ -173,8 +173,9 @@ class IncrementalModel(keras.callbacks.Callback):
                 )
             return self._prepare_dataset(x), None
         x, labels = self._check_arrays(x, y)
-        self.encoder.partial_fit(np.unique(labels) if _sortable(labels)
-                                 else labels)
+        self.encoder.partial_fit(
+            np.unique(labels) if _sortable(labels) else labels
+        )
         indices = self.encoder.transform(labels)
         self._stage_data = (x, indices)
         x_old, y_old = self._replay_samples()
@@ -238,24 +239,21 @@ class IncrementalModel(keras.callbacks.Callback):
         return self.memory.samples()
 
     def _prepare_dataset(self, dataset):
-        labels = np.concatenate(
-            [
-                np.reshape(np.asarray(y, dtype=object), (-1,))
-                for y in dataset.map(lambda x, y: y).as_numpy_iterator()
-            ]
-        )
+        batches = [
+            np.reshape(np.asarray(y, dtype=object), (-1,))
+            for y in dataset.map(lambda x, y: y).as_numpy_iterator()
+        ]
+        labels = np.concatenate(batches) if batches else np.zeros((0,))
         if labels.size == 0:
             raise ValueError(
                 "Received an empty dataset; expected at least one element."
             )
-        labels = np.asarray(labels.tolist())
-        self.encoder.partial_fit(np.unique(labels) if _sortable(labels)
-                                 else labels)
-        classes = self.encoder.classes_
-        keys = tf.constant(
-            [c.decode() if isinstance(c, bytes) else c for c in classes]
-            if isinstance(classes[0], bytes) else classes
+        labels = np.asarray(_text(labels.tolist()))
+        self.encoder.partial_fit(
+            np.unique(labels) if _sortable(labels) else labels
         )
+        classes = self.encoder.classes_
+        keys = tf.constant(classes)
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 keys, tf.range(len(classes), dtype=tf.int64)
@@ -286,7 +284,15 @@ class IncrementalModel(keras.callbacks.Callback):
             if spec.shape.rank == x_old.ndim:
                 batch = next(iter(dataset))[0].shape[0]
                 replay = replay.batch(batch)
-            prepared = prepared.concatenate(replay)
+            # Interleave the exemplars at random rather than append them,
+            # so that the last steps of an epoch are not all old classes.
+            replay_steps = int(replay.cardinality())
+            prepared = tf.data.Dataset.sample_from_datasets(
+                [prepared, replay],
+                weights=[float(len(batches)), float(replay_steps)],
+                seed=self.seed + self.stage_,
+                stop_on_empty_dataset=False,
+            )
         return prepared
 
     def _check_options(self, model):
@@ -353,9 +359,12 @@ class IncrementalModel(keras.callbacks.Callback):
         self._groups = groups
 
     def _sub_optimizers(self, optimizer, groups):
-        mapping = optimizer._optimizer_map
-        for multiplier, paths in groups.items():
-            yield multiplier, mapping[paths[0]]
+        model = self.model
+        for multiplier, names in groups.items():
+            variable = model.get_layer(names[0]).weights[0]
+            for sub in optimizer.optimizers:
+                if sub.built and compat.optimizer_knows(sub, variable):
+                    yield multiplier, sub
 
     def on_train_end(self, logs=None):
         self._update_memory()
@@ -377,7 +386,7 @@ class IncrementalModel(keras.callbacks.Callback):
             for x, y in data.as_numpy_iterator():
                 if np.ndim(y) == 0:  # an unbatched element
                     x, y = np.expand_dims(x, 0), np.reshape(y, (1,))
-                labels = np.asarray(y, dtype=object).tolist()
+                labels = _text(np.asarray(y, dtype=object).tolist())
                 self.memory.update(x, self.encoder.transform(labels))
             return
         self.memory.update(*data)
@@ -397,9 +406,9 @@ class IncrementalModel(keras.callbacks.Callback):
                 "learning_rates": self.learning_rates,
                 "seed": self.seed,
             },
-            "groups": None if self._groups is None else {
-                str(m): p for m, p in self._groups.items()
-            },
+            "groups": None
+            if self._groups is None
+            else {str(m): p for m, p in self._groups.items()},
             "base_rate": getattr(self, "_base_rate", None),
         }
 
@@ -415,9 +424,7 @@ class IncrementalModel(keras.callbacks.Callback):
             `IncrementalModel` with the class names, memory, stage number and
             settings of the run.
         """
-        model, state, memory = checkpoints.read_checkpoint(
-            path, ExemplarMemory
-        )
+        model, state, memory = checkpoints.read_checkpoint(path, ExemplarMemory)
         settings = dict(state["settings"])
         settings["checkpoint"] = checkpoints.check_checkpoint_path(path)
         inc = cls(model=model, **settings)
@@ -435,6 +442,14 @@ class IncrementalModel(keras.callbacks.Callback):
 
 def _same_paths(old, new):
     return sorted(map(tuple, old.values())) == sorted(map(tuple, new.values()))
+
+
+def _text(labels):
+    """TensorFlow hands strings back as bytes; the user gave `str`."""
+    return [
+        label.decode("utf-8") if isinstance(label, bytes) else label
+        for label in labels
+    ]
 
 
 def _sortable(labels):
