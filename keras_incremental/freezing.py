@@ -1,8 +1,7 @@
 """Which layers a stage trains: freezing by name, pattern or callable."""
 
-import re
-
 from keras_incremental.growth import iter_layers
+from keras_incremental.growth import layers_matching
 
 BACKBONE = "backbone"
 
@@ -54,19 +53,6 @@ def layers_to_freeze(model, head, spec):
     patterns = [spec] if isinstance(spec, str) else list(spec)
     chosen = []
     for pattern in patterns:
-        try:
-            compiled = re.compile(pattern)
-        except re.error as error:
-            raise ValueError(
-                f"Freeze pattern {pattern!r} is not a valid regular "
-                f"expression ({error}); expected a layer name or pattern."
-            ) from error
-        matches = [layer for layer in layers if compiled.fullmatch(layer.name)]
-        if not matches:
-            raise ValueError(
-                f"Freeze pattern {pattern!r} matches no layer with weights; "
-                f"expected one of {[layer.name for layer in layers]} (or a "
-                "regular expression matching some)."
-            )
+        matches = layers_matching(model, pattern, "Freeze pattern")
         chosen.extend(m for m in matches if m not in chosen)
     return chosen

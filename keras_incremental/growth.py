@@ -1,5 +1,7 @@
 """Growing a compiled model's head in place, with everything that follows it."""
 
+import re
+
 import keras
 import numpy as np
 from keras import ops
@@ -19,6 +21,36 @@ def iter_layers(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from iter_layers(layer)
+
+
+def layers_matching(model, pattern, purpose):
+    """The layers with weights whose name fully matches regex `pattern`.
+
+    Args:
+        model: A Keras model.
+        pattern: A layer name or regular expression.
+        purpose: What the pattern is for, for error messages
+            (e.g. `"Freeze pattern"`).
+
+    Raises:
+        ValueError: for an invalid expression, or one that matches no layer.
+    """
+    layers = [layer for layer in iter_layers(model) if layer.weights]
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise ValueError(
+            f"{purpose} {pattern!r} is not a valid regular expression "
+            f"({error}); expected a layer name or pattern."
+        ) from error
+    matches = [layer for layer in layers if compiled.fullmatch(layer.name)]
+    if not matches:
+        raise ValueError(
+            f"{purpose} {pattern!r} matches no layer with weights; expected "
+            f"one of {[layer.name for layer in layers]} (or a regular "
+            "expression matching some)."
+        )
+    return matches
 
 
 def find_head(model, layer=None):

@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from keras_incremental import compat
-from keras_incremental.growth import iter_layers
+from keras_incremental.growth import layers_matching
 
 
 def check_learning_rates(learning_rates):
@@ -60,18 +60,10 @@ def plan_groups(model, learning_rates):
         ValueError: when a pattern matches no layer with weights.
     """
     check_learning_rates(learning_rates)
-    layers = [layer for layer in iter_layers(model) if layer.weights]
     groups = {}
     claimed = set()
     for pattern, multiplier in learning_rates.items():
-        compiled = re.compile(pattern)
-        matches = [layer for layer in layers if compiled.fullmatch(layer.name)]
-        if not matches:
-            raise ValueError(
-                f"Learning-rate pattern {pattern!r} matches no layer with "
-                f"weights; expected one of {[layer.name for layer in layers]}"
-                " (or a regular expression matching some)."
-            )
+        matches = layers_matching(model, pattern, "Learning-rate pattern")
         for layer in matches:
             if layer.name not in claimed:
                 claimed.add(layer.name)
