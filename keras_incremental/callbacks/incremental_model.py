@@ -225,13 +225,17 @@ class IncrementalModel(keras.callbacks.Callback):
             )
         return x, labels
 
-    def _targets(self, indices):
+    def _target_spec(self):
+        """The label format the compiled loss wants, and the one-hot width."""
         model = self._known_model()
         fmt = label_format(model) if model is not None else "sparse"
         width = len(self.encoder.classes_)
         if model is not None:
             width = max(width, find_head(model, self.head).units)
-        return encode_targets(indices, fmt, width)
+        return fmt, width
+
+    def _targets(self, indices):
+        return encode_targets(indices, *self._target_spec())
 
     def _replay_samples(self):
         if self.strategy != "replay" or not len(self.memory):
@@ -260,11 +264,7 @@ class IncrementalModel(keras.callbacks.Callback):
             ),
             default_value=-1,
         )
-        model = self._known_model()
-        fmt = label_format(model) if model is not None else "sparse"
-        width = len(classes)
-        if model is not None:
-            width = max(width, find_head(model, self.head).units)
+        fmt, width = self._target_spec()
         key_dtype = keys.dtype
 
         def encode(x, y):
