@@ -17,6 +17,8 @@ import zipfile
 import h5py
 import keras
 
+from keras_incremental.files import open_mode
+
 STATE_ENTRY = "keras_incremental/state.json"
 MEMORY_ENTRY = "keras_incremental/memory.h5"
 FORMAT_VERSION = 1
@@ -56,6 +58,7 @@ def write_checkpoint(path, model, state, memory=None):
     )
     os.close(handle)
     try:
+        open_mode(temporary)
         model.save(temporary)
         with zipfile.ZipFile(temporary, "a") as archive:
             archive.writestr(

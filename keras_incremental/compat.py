@@ -153,8 +153,12 @@ def replace_optimizer_variable(optimizer, old, new):
 def replace_trainable_variable(optimizer, old, new):
     """Makes `optimizer` update `new` where it updated `old`, same index."""
     key = optimizer._var_key(old)
-    index = optimizer._trainable_variables_indices.pop(key)
-    optimizer._trainable_variables_indices[optimizer._var_key(new)] = index
+    # `del`, not `pop`: TensorFlow's dict wrapper does not see a `pop`, and
+    # marks the optimizer (and so `model.export`) unsaveable.
+    indices = optimizer._trainable_variables_indices
+    index = indices[key]
+    del indices[key]
+    indices[optimizer._var_key(new)] = index
     trainable = optimizer._trainable_variables
     if isinstance(trainable, tuple):
         # `LossScaleOptimizer` keeps a tuple; set it as `build` does, without
@@ -170,10 +174,11 @@ def replace_trainable_variable(optimizer, old, new):
                 _set_list_item(trainable, i, new)
     to_optimizer = getattr(optimizer, "_var_to_optimizer_idx", None)
     if to_optimizer is not None and key in to_optimizer:
-        to_optimizer[optimizer._var_key(new)] = to_optimizer.pop(key)
+        to_optimizer[optimizer._var_key(new)] = to_optimizer[key]
+        del to_optimizer[key]
     cache = getattr(optimizer, "_exclude_from_weight_decay_cache", None)
-    if cache is not None:
-        cache.pop(key, None)
+    if cache is not None and key in cache:
+        del cache[key]
 
 
 def _set_list_item(items, index, value):

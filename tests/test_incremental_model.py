@@ -79,7 +79,7 @@ def test_contract_loop_with_numpy(digits, kind, tmp_path):
         labels = NAMES[ys] if kind == "str" else ys
         x_fit, y_fit = inc.prepare(xs, labels)
         model.fit(
-            x_fit, y_fit, epochs=2, batch_size=32, verbose=0, callbacks=[inc]
+            x_fit, y_fit, epochs=5, batch_size=32, verbose=0, callbacks=[inc]
         )
         widths.append(model.get_layer("head").units)
         assert path.exists()
@@ -93,9 +93,11 @@ def test_contract_loop_with_numpy(digits, kind, tmp_path):
     predicted = inc.decode(model.predict(xt, verbose=0).argmax(-1))
     truth = NAMES[yt] if kind == "str" else yt
     correct = np.asarray(predicted) == truth
-    # Well above chance (1/6) overall; the newest classes are learned best.
-    assert correct.mean() > 0.3
-    assert correct[np.isin(yt, [3, 4, 5])].mean() > 0.6
+    # Well above chance (1/6) overall and on the first and last classes:
+    # two epochs a stage, on a 32-unit body.
+    assert correct.mean() > 0.5
+    assert correct[np.isin(yt, [0, 1])].mean() > 0.3
+    assert correct[np.isin(yt, [3, 4, 5])].mean() > 0.3
     assert len(inc.memory) == 60
     assert inc.stage_ == 4
 

@@ -1,4 +1,6 @@
+import functools
 import numbers
+import os
 
 import keras
 import numpy as np
@@ -6,6 +8,8 @@ import tensorflow as tf
 
 from keras_incremental import checkpoint as checkpoints
 from keras_incremental import compat
+from keras_incremental import metrics
+from keras_incremental import strategies
 from keras_incremental.checks import check_unit_count
 from keras_incremental.freezing import check_freeze_spec
 from keras_incremental.freezing import layers_to_freeze
@@ -20,10 +24,12 @@ from keras_incremental.learning_rates import multiplier_optimizer
 from keras_incremental.learning_rates import plan_groups
 from keras_incremental.learning_rates import rebuild_optimizer
 from keras_incremental.memory import ExemplarMemory
+from keras_incremental.serving import export_for_serving
+from keras_incremental.strategies import StageContext
+from keras_incremental.strategies.features import feature_extractor
+from keras_incremental.strategies.features import outputs
 from keras_incremental.targets import encode_targets
 from keras_incremental.targets import label_format
-
-STRATEGIES = ("finetune", "replay")
 
 
 class IncrementalModel(keras.callbacks.Callback):
@@ -47,9 +53,12 @@ class IncrementalModel(keras.callbacks.Callback):
         model: Optional Keras model with an `ExpandableDense` head. Without
             it, the model is known from the first `fit`; until then `prepare`
             returns class indices. Defaults to `None`.
-        strategy: How to fight forgetting: `"replay"` (exemplars of earlier
-            classes mixed into each stage) or `"finetune"` (nothing). Defaults
-            to `None`, the best available: `"replay"`.
+        strategy: How to fight forgetting: a name from
+            `keras_incremental.strategies.NAMED` (`"finetune"`, `"replay"`,
+            `"lwf"`, `"icarl"`, `"ewc"`, `"wa"`, `"der++"`, `"default"`) or a
+            `keras_incremental.strategies.Strategy` object. Defaults to
+            `None`, the best measured: `"default"` (replay with a
+            class-balanced loss, distillation and weight aligning).
         memory_size: Non-negative integer, the total exemplar budget over all
             classes; 0 keeps none. Defaults to `0`.
         checkpoint: Path of the stage checkpoint, a `.keras` file written
@@ -66,6 +75,20 @@ class IncrementalModel(keras.callbacks.Callback):
             stages. Defaults to `None`.
         seed: Integer seed for exemplar selection and shuffling. Defaults to
             `0`.
+        evaluation: Optional `(x_test, y_test)` with class labels as given
+            to `prepare`. After each stage the samples of the classes seen so
+            far are classified (`inc.predict`) and the accuracy on each
+            stage's classes is recorded in `history_`, giving the accuracy
+            matrix, forgetting and backward transfer (`metrics()`). Defaults
+            to `None`.
+        report: Optional path of a JSON report written after each stage
+            (the `metrics()` of the run and its history); with matplotlib
+            installed, a plot of accuracy per stage is written beside it
+            (same name, `.png`). Defaults to `None`.
+        export_dir: Optional folder: each finished stage is exported there
+            for TensorFlow Serving as the next version
+            (`export_for_serving`, with the class names). Defaults to
+            `None`.
 
     Example:
 
@@ -93,16 +116,12 @@ class IncrementalModel(keras.callbacks.Callback):
         freeze=None,
         learning_rates=None,
         seed=0,
+        evaluation=None,
+        report=None,
+        export_dir=None,
     ):
         super().__init__()
-        if strategy is None:
-            strategy = "replay"
-        if strategy not in STRATEGIES:
-            raise ValueError(
-                f"Unknown strategy {strategy!r}; expected one of "
-                f"{list(STRATEGIES)} or None. Received: strategy={strategy!r}"
-            )
-        self.strategy = strategy
+        self.strategy = strategies.get(strategy)
         self.memory_size = check_unit_count(memory_size, "memory_size", 0)
         if checkpoint is not None:
             checkpoint = checkpoints.check_checkpoint_path(checkpoint)
@@ -120,9 +139,18 @@ class IncrementalModel(keras.callbacks.Callback):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"Expected an integer seed. Received: {seed!r}")
         self.seed = int(seed)
+        self.evaluation = _check_evaluation(evaluation)
+        self.report = _check_path(report, "report", ".json")
+        self.export_dir = _check_path(export_dir, "export_dir")
+        self.history_ = []
+        self.stage_classes_ = []
         self.encoder = LabelEncoder()
-        self.memory = ExemplarMemory(self.memory_size, seed=self.seed)
+        self.memory = ExemplarMemory(
+            self.memory_size, selection=self.strategy.selection, seed=self.seed
+        )
         self.stage_ = 0
+        self._context = None
+        self._stage_labels = None
         self._stage_data = None
         self._frozen = []
         self._groups = None
@@ -166,6 +194,13 @@ class IncrementalModel(keras.callbacks.Callback):
         if model is not None:
             self._check_options(model)
         if isinstance(x, tf.data.Dataset):
+            if self.strategy.needs_logits:
+                raise ValueError(
+                    f"The strategy {self.strategy.name!r} replays stored "
+                    "logits, which needs NumPy arrays in `prepare`. Received "
+                    "a `tf.data.Dataset`; pass arrays or pick another "
+                    "strategy."
+                )
             if y is not None:
                 raise ValueError(
                     "With a `tf.data.Dataset`, labels come from its (x, y) "
@@ -178,15 +213,28 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         indices = self.encoder.transform(labels)
         self._stage_data = (x, indices)
+        self._stage_labels = indices
+        fmt, width = self._target_spec()
+        logits = np.zeros((len(indices), width), dtype="float32")
+        mask = np.zeros_like(logits)
         x_old, y_old = self._replay_samples()
         if y_old is not None and len(y_old):
             x = np.concatenate([x, x_old.astype(x.dtype)], axis=0)
             indices = np.concatenate([indices, y_old], axis=0)
+            old_logits, old_mask = self.memory.logit_targets(width)
+            logits = np.concatenate([logits, old_logits], axis=0)
+            mask = np.concatenate([mask, old_mask], axis=0)
             order = np.random.default_rng([self.seed, self.stage_]).permutation(
                 len(indices)
             )
             x, indices = x[order], indices[order]
-        return x, self._targets(indices)
+            logits, mask = logits[order], mask[order]
+        targets = encode_targets(indices, fmt, width)
+        if self.strategy.needs_logits:
+            # Logit replay reads the stored logits beside the labels; the
+            # loss installed for the stage unpacks them.
+            return x, (targets, logits, mask)
+        return x, targets
 
     def decode(self, indices):
         """Maps class indices (e.g. `predict(x).argmax(-1)`) to class names."""
@@ -234,11 +282,8 @@ class IncrementalModel(keras.callbacks.Callback):
             width = max(width, find_head(model, self.head).units)
         return fmt, width
 
-    def _targets(self, indices):
-        return encode_targets(indices, *self._target_spec())
-
     def _replay_samples(self):
-        if self.strategy != "replay" or not len(self.memory):
+        if not self.strategy.replay or not len(self.memory):
             return None, None
         return self.memory.samples()
 
@@ -258,6 +303,9 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         classes = self.encoder.classes_
         keys = tf.constant(classes)
+        if keys.dtype.is_integer:
+            # TensorFlow has int64 -> int64 tables only, not int32 ones.
+            keys = tf.cast(keys, tf.int64)
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 keys, tf.range(len(classes), dtype=tf.int64)
@@ -274,24 +322,36 @@ class IncrementalModel(keras.callbacks.Callback):
             return x, index
 
         self._stage_data = dataset
+        self._stage_labels = self.encoder.transform(labels)
         prepared = dataset.map(encode)
         x_old, y_old = self._replay_samples()
         if y_old is not None and len(y_old):
             replay = tf.data.Dataset.from_tensor_slices(
                 (x_old, encode_targets(y_old, fmt, width))
-            )
+            ).shuffle(len(y_old), seed=self.seed + self.stage_)
             spec = dataset.element_spec[0]
+            batch = None
             if spec.shape.rank == x_old.ndim:
                 batch = next(iter(dataset))[0].shape[0]
-                replay = replay.batch(batch)
-            # Interleave the exemplars at random rather than append them,
-            # so that the last steps of an epoch are not all old classes.
-            replay_steps = int(replay.cardinality())
+                prepared = prepared.unbatch()
+            # Mix the exemplars into the stage sample by sample, at random,
+            # so that every batch holds old and new classes (and the last
+            # steps of an epoch are not all old classes).
+            samples = len(labels) + len(y_old)
             prepared = tf.data.Dataset.sample_from_datasets(
                 [prepared, replay],
-                weights=[float(len(batches)), float(replay_steps)],
+                weights=[float(len(labels)), float(len(y_old))],
                 seed=self.seed + self.stage_,
                 stop_on_empty_dataset=False,
+            )
+            if batch is not None:
+                prepared = prepared.batch(batch)
+                samples = -(-samples // batch)
+            # Every element of both comes out once; saying how many lets
+            # `fit` count its steps (with `steps_per_execution` > 1 it
+            # would otherwise drop an epoch's last partial execution).
+            prepared = prepared.apply(
+                tf.data.experimental.assert_cardinality(samples)
             )
         return prepared
 
@@ -307,11 +367,30 @@ class IncrementalModel(keras.callbacks.Callback):
         model = self.model
         self._check_options(model)
         head = find_head(model, self.head)
+        old_units = head.units
+        teacher = None
+        if self.strategy.needs_teacher and old_units > 0:
+            teacher = _frozen_copy(model)
         missing = len(self.encoder.classes_) - head.units
         if missing > 0:
             expand(model, missing, layer=head)
+        self._new_classes = list(range(old_units, head.units))
         self._apply_freezing(model, head)
         self._apply_learning_rates(model)
+        data = self._stage_data
+        self._context = StageContext(
+            model=model,
+            head=head,
+            stage=self.stage_,
+            old_units=old_units,
+            teacher=teacher,
+            memory=self.memory,
+            data=data if isinstance(data, tuple) else None,
+            replayed=self._replay_samples()[1],
+            labels=self._stage_labels,
+        )
+        self.strategy.begin_stage(self._context)
+        _install_loss(model, self.strategy, self._context)
         compat.remake_compiled_functions(model)
 
     def _apply_freezing(self, model, head):
@@ -367,8 +446,23 @@ class IncrementalModel(keras.callbacks.Callback):
                     yield multiplier, sub
 
     def on_train_end(self, logs=None):
+        model = self.model
+        _remove_loss(model)
+        compat.remake_compiled_functions(model)
+        context = self._context
+        if context is not None:
+            self.strategy.end_stage(context)
+            context.teacher = None
         self._update_memory()
+        self.stage_classes_.append(getattr(self, "_new_classes", []))
+        self._record_stage()
         self.stage_ += 1
+        if self.report is not None:
+            self._write_report()
+        if self.export_dir is not None:
+            export_for_serving(
+                self.model, self.export_dir, class_names=self.classes_
+            )
         if self.checkpoint is not None:
             checkpoints.write_checkpoint(
                 self.checkpoint,
@@ -377,19 +471,116 @@ class IncrementalModel(keras.callbacks.Callback):
                 self.memory if self.memory_size else None,
             )
 
+    def predict(self, x, batch_size=None):
+        """Class indices for `x`: the head's argmax, or the strategy's own
+        classifier where it has one (iCaRL's nearest mean of exemplars).
+
+        Args:
+            x: Inputs, as for `model.predict`.
+            batch_size: Passed to `model.predict`. Defaults to `None`.
+
+        Returns:
+            1-D integer array of class indices; `decode` maps them to names.
+        """
+        model = self._known_model()
+        if model is None:
+            raise ValueError(
+                "No model yet: pass `model=` to `IncrementalModel` or train "
+                "a stage with `fit(..., callbacks=[inc])` first."
+            )
+        context = self._context or StageContext(
+            model=model,
+            head=find_head(model, self.head),
+            stage=self.stage_,
+            old_units=0,
+            memory=self.memory,
+        )
+        indices = self.strategy.predict(context, x)
+        if indices is None:
+            indices = np.argmax(outputs(model, x, batch_size), axis=-1)
+        return np.asarray(indices, dtype="int64")
+
+    def _record_stage(self):
+        """Accuracy on each stage's classes, for the accuracy matrix."""
+        entry = {
+            "stage": self.stage_,
+            "classes": [
+                _plain(self.encoder.classes_[i])
+                for i in self.stage_classes_[-1]
+            ],
+        }
+        if self.evaluation is not None:
+            x_test, labels = self.evaluation
+            known = {c: i for i, c in enumerate(self.encoder.classes_)}
+            seen = np.asarray([_plain(label) in known for label in labels])
+            groups = [g for g in self.stage_classes_ if g]
+            if seen.any() and groups:
+                truth = np.asarray(
+                    [known[_plain(label)] for label in labels[seen]]
+                )
+                predicted = self.predict(x_test[seen])
+                row, overall = metrics.stage_accuracies(
+                    truth, predicted, groups
+                )
+                row = iter(row)
+                entry["row"] = [
+                    next(row) if g else float("nan")
+                    for g in self.stage_classes_
+                ]
+                entry["accuracy"] = overall
+        self.history_.append(entry)
+
+    def metrics(self):
+        """The run's continual metrics so far, from `evaluation` data.
+
+        Returns:
+            A dict: `accuracy_matrix` (row i: accuracy on each stage's
+            classes after stage i), `final_accuracy`,
+            `average_incremental_accuracy`, `forgetting`,
+            `backward_transfer`, `stage_accuracy`; empty without
+            evaluation data.
+        """
+        rows = [h["row"] for h in self.history_ if "row" in h]
+        if not rows or len(rows) != len(self.history_):
+            return {}
+        overall = [h["accuracy"] for h in self.history_]
+        return metrics.summarize(metrics.accuracy_matrix(rows), overall)
+
+    def _write_report(self):
+        report = {
+            "strategy": self.strategy.name,
+            "classes": [_plain(c) for c in self.encoder.classes_],
+            **self.metrics(),
+            "history": self.history_,
+        }
+        metrics.write_report(report, self.report)
+        curve = [h["accuracy"] for h in self.history_ if "accuracy" in h]
+        if curve:
+            try:
+                metrics.plot_accuracy(
+                    {self.strategy.name: curve},
+                    os.path.splitext(self.report)[0] + ".png",
+                )
+            except ImportError:
+                pass  # matplotlib is an optional extra
+
     def _update_memory(self):
         data = self._stage_data
         self._stage_data = None
         if data is None or not self.memory_size:
             return
+        model = self.model
+        head = find_head(model, self.head)
+        self.memory.selection = self.strategy.selection
+        embed = predict = None
+        if self.strategy.selection == "herding":
+            extractor = feature_extractor(model, head)
+            embed = functools.partial(outputs, extractor)
+        if self.strategy.needs_logits:
+            predict = functools.partial(outputs, model)
         if isinstance(data, tf.data.Dataset):
-            for x, y in data.as_numpy_iterator():
-                if np.ndim(y) == 0:  # an unbatched element
-                    x, y = np.expand_dims(x, 0), np.reshape(y, (1,))
-                labels = _text(np.asarray(y, dtype=object).tolist())
-                self.memory.update(x, self.encoder.transform(labels))
-            return
-        self.memory.update(*data)
+            data = _dataset_arrays(data, self.encoder)
+        self.memory.update(*data, embed=embed, predict=predict)
 
     def state(self):
         """The run's state for the checkpoint, as a JSON-able dict."""
@@ -398,14 +589,18 @@ class IncrementalModel(keras.callbacks.Callback):
             "stage": self.stage_,
             "encoder": self.encoder.to_config(),
             "settings": {
-                "strategy": self.strategy,
+                "strategy": strategies.serialize(self.strategy),
                 "memory_size": self.memory_size,
                 "checkpoint": self.checkpoint,
                 "head": self.head,
                 "freeze": list(freeze) if isinstance(freeze, tuple) else freeze,
                 "learning_rates": self.learning_rates,
                 "seed": self.seed,
+                "report": self.report,
+                "export_dir": self.export_dir,
             },
+            "history": self.history_,
+            "stage_classes": self.stage_classes_,
             "groups": None
             if self._groups is None
             else {str(m): p for m, p in self._groups.items()},
@@ -413,11 +608,15 @@ class IncrementalModel(keras.callbacks.Callback):
         }
 
     @classmethod
-    def restore(cls, path):
+    def restore(cls, path, strategy=None):
         """Loads a stage checkpoint, ready for the next stage.
 
         Args:
             path: A checkpoint written by `IncrementalModel(checkpoint=...)`.
+            strategy: Optional strategy (name or object) to go on with
+                instead of the saved one; needed when the run used strategy
+                parts of your own, which the checkpoint names but cannot
+                rebuild. Defaults to `None`, the saved strategy.
 
         Returns:
             `(model, inc)`: the model with its optimizer state, and an
@@ -426,10 +625,17 @@ class IncrementalModel(keras.callbacks.Callback):
         """
         model, state, memory = checkpoints.read_checkpoint(path, ExemplarMemory)
         settings = dict(state["settings"])
+        settings["strategy"] = (
+            strategies.deserialize(settings["strategy"])
+            if strategy is None
+            else strategy
+        )
         settings["checkpoint"] = checkpoints.check_checkpoint_path(path)
         inc = cls(model=model, **settings)
         inc.encoder = LabelEncoder.from_config(state["encoder"])
         inc.stage_ = int(state["stage"])
+        inc.history_ = list(state.get("history", []))
+        inc.stage_classes_ = [list(g) for g in state.get("stage_classes", [])]
         if memory is not None:
             inc.memory = memory
         if state.get("groups") is not None:
@@ -438,6 +644,115 @@ class IncrementalModel(keras.callbacks.Callback):
         head = find_head(model, inc.head)
         inc._frozen = layers_to_freeze(model, head, inc.freeze)
         return model, inc
+
+
+def _plain(label):
+    """A label as a plain Python value (for JSON and dict lookups)."""
+    if isinstance(label, bytes):
+        return label.decode("utf-8")
+    return label.item() if isinstance(label, np.generic) else label
+
+
+def _check_evaluation(evaluation):
+    if evaluation is None:
+        return None
+    if not isinstance(evaluation, (tuple, list)) or len(evaluation) != 2:
+        raise ValueError(
+            "Expected `evaluation` to be a tuple `(x_test, y_test)`. "
+            f"Received: {type(evaluation).__name__}"
+        )
+    x, y = np.asarray(evaluation[0]), np.asarray(evaluation[1])
+    if y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            "Expected `evaluation` as `(x_test, y_test)` with 1-D labels, "
+            f"one per sample. Received: x.shape={x.shape}, y.shape={y.shape}"
+        )
+    return x, y
+
+
+def _check_path(path, argument, suffix=None):
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"Expected `{argument}` to be a path or None. "
+            f"Received: {argument}={path!r}"
+        )
+    path = os.fspath(path)
+    if suffix is not None and not path.endswith(suffix):
+        raise ValueError(
+            f"Expected `{argument}` to end in '{suffix}'. "
+            f"Received: {argument}='{path}'"
+        )
+    return path
+
+
+def _frozen_copy(model):
+    """The model as it is now, frozen: the teacher for distillation."""
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights(model.get_weights())
+    teacher.trainable = False
+    return teacher
+
+
+def _install_loss(model, strategy, context):
+    """Puts the strategy's loss terms into `model.compute_loss`.
+
+    Installed on the instance for the stage (Keras calls
+    `compute_loss(x, y, y_pred, sample_weight, training)` in every train and
+    test step), so the model class and its saved file stay as they were.
+    Targets packed as `(labels, logits, mask)` are unpacked for the
+    compiled loss and metrics.
+    """
+    base = strategies.Strategy
+    if not strategy.needs_logits and all(
+        type(p).loss is base.loss and type(p).weigh is base.weigh
+        for p in strategy.parts
+    ):
+        return
+    base_loss = type(model).compute_loss
+    base_metrics = type(model).compute_metrics
+
+    def compute_loss(
+        x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        labels = y[0] if isinstance(y, tuple) else y
+        if training:
+            sample_weight = strategy.weigh(context, labels, sample_weight)
+        loss = base_loss(
+            model, x, labels, y_pred, sample_weight, training=training
+        )
+        if training:
+            term = strategy.loss(context, x, y, y_pred)
+            if term is not None:
+                loss = loss + keras.ops.cast(term, loss.dtype)
+        return loss
+
+    def compute_metrics(x, y, y_pred, sample_weight=None):
+        labels = y[0] if isinstance(y, tuple) else y
+        return base_metrics(model, x, labels, y_pred, sample_weight)
+
+    model.compute_loss = compute_loss
+    model.compute_metrics = compute_metrics
+
+
+def _remove_loss(model):
+    for name in ("compute_loss", "compute_metrics"):
+        if name in vars(model):
+            delattr(model, name)
+
+
+def _dataset_arrays(dataset, encoder):
+    """All `(x, class_indices)` of a dataset of `(x, label)` elements."""
+    xs, ys = [], []
+    for x, y in dataset.as_numpy_iterator():
+        if np.ndim(y) == 0:  # an unbatched element
+            x, y = np.expand_dims(x, 0), np.reshape(y, (1,))
+        xs.append(x)
+        ys.append(
+            encoder.transform(_text(np.asarray(y, dtype=object).tolist()))
+        )
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _same_paths(old, new):

@@ -58,10 +58,12 @@ class ExpandableDense(keras.layers.Dense):
     ```python
     head = keras_incremental.ExpandableDense(3, name="head")
     model = keras.Sequential([keras.Input((8,)), head])
-    before = model.predict(x)          # shape (batch, 3)
+    before = model(x)                  # shape (batch, 3)
     head.expand(2)
-    after = model.predict(x)           # shape (batch, 5)
-    # after[:, :3] equals before, to the bit.
+    after = model(x)                   # shape (batch, 5)
+    # after[:, :3] equals before, to the bit. On a compiled model, use
+    # `keras_incremental.expand(model, 2)`: it also grows the optimizer
+    # state and remakes `predict`'s cached function.
     ```
     """
 

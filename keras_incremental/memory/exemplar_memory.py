@@ -1,37 +1,48 @@
 import numpy as np
 
 from keras_incremental.checks import check_unit_count
+from keras_incremental.memory.selection import check_selection
+from keras_incremental.memory.selection import herding_order
+from keras_incremental.memory.selection import random_order
 
 
 class ExemplarMemory:
     """A class-balanced store of past samples under a fixed total budget.
 
     After each stage the budget is split evenly over all classes seen so far
-    (the first classes in index order get the remainder), each class keeping a
-    random subset of its samples; classes that arrived earlier give up samples
-    as new classes arrive. Inputs are kept as NumPy arrays, so the memory's
-    RAM is bounded by `memory_size` samples.
+    (the first classes in index order get the remainder). Each class's
+    samples are kept in priority order (random, or by herding in a feature
+    space) and trimmed to their share, so classes that arrived earlier give
+    up their least useful samples as new classes arrive. Inputs (and logits,
+    when given) are kept as NumPy arrays: RAM is bounded by `memory_size`
+    samples.
 
     Args:
         memory_size: Non-negative integer, the total number of samples kept
             over all classes. 0 keeps nothing.
+        selection: `"random"` or `"herding"` (iCaRL: the samples whose mean
+            feature stays closest to the class mean; needs `embed` in
+            `update`). Defaults to `"random"`.
         seed: Integer seed of the random selection. Defaults to `0`.
 
     Example:
 
     ```python
-    memory = ExemplarMemory(memory_size=20)
-    memory.update(x_stage, y_stage_indices)
+    memory = ExemplarMemory(memory_size=20, selection="herding")
+    memory.update(x_stage, y_stage_indices, embed=feature_model.predict)
     x_old, y_old = memory.samples()
     ```
     """
 
-    def __init__(self, memory_size, seed=0):
+    def __init__(self, memory_size, selection="random", seed=0):
         self.memory_size = check_unit_count(memory_size, "memory_size", 0)
+        self.selection = check_selection(selection)
         self.seed = seed
         self.updates_ = 0
         self.x_ = None
         self.y_ = np.zeros((0,), dtype="int64")
+        self.logits_ = None
+        self.logit_widths_ = np.zeros((0,), dtype="int64")
 
     def __len__(self):
         return int(self.y_.shape[0])
@@ -52,51 +63,139 @@ class ExemplarMemory:
             for i, c in enumerate(class_indices)
         }
 
-    def update(self, x, y):
+    def update(self, x, y, embed=None, predict=None):
         """Adds a stage's samples, then trims every class to its quota.
+
+        Classes the stage brings samples of are ordered again over their
+        stored and new samples; the others keep their order and lose their
+        last samples when their quota shrinks.
 
         Args:
             x: Array of inputs, first axis the samples.
             y: 1-D integer array of class indices, one per sample.
+            embed: Callable mapping inputs to 2-D features; required for
+                `"herding"`. Defaults to `None`.
+            predict: Optional callable mapping inputs to 2-D logits, stored
+                for the kept samples (for logit replay). Defaults to `None`.
+
+        Raises:
+            ValueError: for `"herding"` without `embed`, or `x` and `y` of
+                different lengths. The memory is unchanged.
         """
         if self.memory_size == 0:
             return
         x = np.asarray(x)
         y = np.asarray(y, dtype="int64")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                "Expected as many labels as samples. Received: "
+                f"{x.shape[0]} samples and {y.shape[0]} labels"
+            )
+        if self.selection == "herding" and embed is None:
+            raise ValueError(
+                "Herding selection needs features: pass `embed`, a callable "
+                "mapping inputs to features. Received: embed=None"
+            )
+        stored = len(self)
         if self.x_ is not None:
             x = np.concatenate([self.x_, x.astype(self.x_.dtype)], axis=0)
             y = np.concatenate([self.y_, y], axis=0)
+        fresh = np.zeros(y.shape[0], dtype=bool)
+        fresh[stored:] = True
         rng = np.random.default_rng([self.seed, self.updates_])
         keep = []
         for c, quota in self.quotas(np.unique(y)).items():
             members = np.flatnonzero(y == c)
-            if members.size > quota:
-                members = np.sort(rng.choice(members, quota, replace=False))
-            keep.append(members)
+            if fresh[members].any():
+                members = members[self._order(x[members], quota, rng, embed)]
+            keep.append(members[:quota])
         keep = np.concatenate(keep)
+        new_logits = None
+        if predict is not None:
+            new_logits = self._logits_for(x, keep, fresh, predict)
         self.x_ = x[keep]
         self.y_ = y[keep]
+        if new_logits is not None:
+            self.logits_, self.logit_widths_ = new_logits
         self.updates_ += 1
+
+    def _order(self, x, quota, rng, embed):
+        if self.selection == "herding":
+            return herding_order(np.asarray(embed(x)), count=quota)
+        return random_order(x.shape[0], rng)
+
+    def _logits_for(self, x, keep, fresh, predict):
+        """Stored logits kept, new ones computed for the new samples."""
+        new = keep[fresh[keep]]
+        computed = np.asarray(predict(x[new])) if new.size else None
+        stored = len(self)
+        kept_widths = [int(self.logit_widths_[i]) for i in keep if i < stored]
+        width = max(
+            kept_widths + ([computed.shape[1]] if computed is not None else [0])
+        )
+        logits = np.zeros((keep.size, width), dtype="float32")
+        widths = np.zeros((keep.size,), dtype="int64")
+        for row, index in enumerate(keep):
+            if index < stored and self.logits_ is not None:
+                w = int(self.logit_widths_[index])
+                logits[row, :w] = self.logits_[index, :w]
+                widths[row] = w
+        if computed is not None:
+            rows = np.flatnonzero(fresh[keep])
+            logits[rows, : computed.shape[1]] = computed
+            widths[rows] = computed.shape[1]
+        return logits, widths
 
     def samples(self):
         """The stored `(x, y)` arrays (empty ones when nothing is stored)."""
         return self.x_, self.y_
 
+    def logit_targets(self, width):
+        """Stored logits padded to `width` columns, and their 0/1 mask.
+
+        Columns a sample's logits did not have (classes that came later) are
+        0 with mask 0.
+        """
+        logits = np.zeros((len(self), width), dtype="float32")
+        mask = np.zeros((len(self), width), dtype="float32")
+        if self.logits_ is not None:
+            for row, w in enumerate(self.logit_widths_):
+                w = min(int(w), width)
+                logits[row, :w] = self.logits_[row, :w]
+                mask[row, :w] = 1.0
+        return logits, mask
+
     def save(self, group):
         """Writes the memory into an open `h5py` group."""
         group.attrs["memory_size"] = self.memory_size
+        group.attrs["selection"] = self.selection
         group.attrs["seed"] = self.seed
         group.attrs["updates"] = self.updates_
         group.create_dataset("y", data=self.y_)
         if self.x_ is not None:
             group.create_dataset("x", data=self.x_)
+        if self.logits_ is not None:
+            group.create_dataset("logits", data=self.logits_)
+            group.create_dataset("logit_widths", data=self.logit_widths_)
 
     @classmethod
     def load(cls, group):
         """Reads a memory written by `save` from an open `h5py` group."""
-        memory = cls(int(group.attrs["memory_size"]), int(group.attrs["seed"]))
+        selection = group.attrs.get("selection", "random")
+        if isinstance(selection, bytes):
+            selection = selection.decode("utf-8")
+        memory = cls(
+            int(group.attrs["memory_size"]),
+            selection=str(selection),
+            seed=int(group.attrs["seed"]),
+        )
         memory.updates_ = int(group.attrs["updates"])
         memory.y_ = np.asarray(group["y"][()], dtype="int64")
         if "x" in group:
             memory.x_ = np.asarray(group["x"][()])
+        if "logits" in group:
+            memory.logits_ = np.asarray(group["logits"][()])
+            memory.logit_widths_ = np.asarray(
+                group["logit_widths"][()], dtype="int64"
+            )
         return memory

@@ -1,0 +1,416 @@
+"""TensorFlow Serving export of a classifier, with its class names inside.
+
+`export_for_serving` writes a SavedModel in the layout that TensorFlow
+Serving watches: one numbered folder per version under a base folder. Its
+`serving_default` signature answers with class probabilities, the index of
+the most probable class and that class's name, so that a client needs
+neither the model's code nor its list of classes. The SavedModel is built
+with `keras.export.ExportArchive`, written to a temporary folder inside the
+base folder and renamed to its version number at the end: TensorFlow Serving
+never sees a half-written version, and a failed export leaves nothing behind.
+"""
+
+import collections
+import numbers
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_incremental.files import open_mode
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "inputs"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# TensorFlow Serving refuses a warmup file with more records than this.
+MAX_WARMUP_RECORDS = 1000
+
+
+def export_for_serving(
+    model, export_dir, class_names=None, version=None, warmup_inputs=None
+):
+    """Writes `model` as a TensorFlow Serving SavedModel, with class names.
+
+    The SavedModel goes to `export_dir/<version>/`, the layout that
+    TensorFlow Serving's `--model_base_path` expects. Its `serving_default`
+    signature (method `tensorflow/serving/predict`) takes one input,
+    `inputs`, a batch shaped like the model's input, and returns:
+
+    - `probabilities`: float32, `(batch, classes)`. The model's output when
+      its last layer ends in a softmax; otherwise the output is taken as
+      logits and a softmax is applied.
+    - `class_ids`: int64, `(batch,)`, the index of the most probable class.
+    - `classes`: string, `(batch,)`, the name of that class.
+
+    The version is written to a temporary folder inside `export_dir` and
+    renamed at the end, so a version folder is either complete or absent.
+    All arguments are checked before anything is written, and an existing
+    version is never overwritten.
+
+    The width of the model's output is found by tracing the model, so a
+    head grown by `keras_incremental.expand` after the model was built is
+    counted with its current number of units.
+
+    Args:
+        model: A built, single-input, single-output Keras classifier, made
+            with `keras.Input` (a `Sequential` or functional model). Needs
+            the TensorFlow backend.
+        export_dir: Base folder of the exported versions; made when missing.
+        class_names: The class of each output unit, in order: a list of
+            strings or integers (integers are written as their decimal
+            string), or an object with a `classes_` attribute holding such a
+            list, such as a `keras_incremental.IncrementalModel`. Defaults to
+            `None`, which names the classes `"0"`, `"1"`, ...
+        version: Positive integer, the version folder to write. Defaults to
+            `None`, which takes one more than the largest version in
+            `export_dir` (1 when there is none).
+        warmup_inputs: Optional array of a few sample inputs (up to 1000),
+            shaped `(samples, ...)` like a batch for the model. When given,
+            `assets.extra/tf_serving_warmup_requests` is written inside the
+            version folder: one `PredictionLog` record per sample, which
+            TensorFlow Serving replays before it serves the version, so that
+            the first real request is not slowed by graph loading. Needs the
+            `tensorflow-serving-api` package. Defaults to `None` (no warmup
+            file).
+
+    Returns:
+        The path of the version folder written, as a string.
+
+    Raises:
+        ValueError: when the model is not built, has more than one input or
+            output, or has no output units; when `class_names` does not name
+            each output unit exactly once; when `export_dir` is a file; when
+            `version` is not positive or exists already; when
+            `warmup_inputs` does not fit the model's input; or when the
+            backend is not TensorFlow.
+        TypeError: when `model`, `class_names` or `version` is of the wrong
+            type.
+        ImportError: when `warmup_inputs` is given and
+            `tensorflow-serving-api` is not installed.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, activation="relu"),
+        keras_incremental.ExpandableDense(3, name="head"),
+    ])
+    path = keras_incremental.export_for_serving(
+        model, "models/flowers", class_names=["rose", "tulip", "iris"]
+    )
+    # path == "models/flowers/1"; serve it with
+    # tensorflow_model_server --model_name=flowers \
+    #     --model_base_path=/abs/path/models/flowers
+    reloaded = tf.saved_model.load(path)
+    answer = reloaded.signatures["serving_default"](
+        inputs=tf.constant(x, dtype="float32")
+    )
+    answer["classes"]  # e.g. [b"tulip", b"rose", ...]
+    ```
+    """
+    _check_backend()
+    input_spec = _input_spec(model)
+    width = _output_width(model, input_spec)
+    names = _class_names(class_names, width)
+    export_dir = _check_export_dir(export_dir)
+    version = _check_version(version, export_dir)
+    warmup = None
+    if warmup_inputs is not None:
+        warmup = _warmup_records(
+            warmup_inputs, input_spec, os.path.basename(export_dir)
+        )
+
+    made_export_dir = not os.path.exists(export_dir)
+    os.makedirs(export_dir, exist_ok=True)
+    target = os.path.join(export_dir, str(version))
+    temporary = tempfile.mkdtemp(prefix=".partial-", dir=export_dir)
+    open_mode(temporary, directory=True)
+    try:
+        archive = keras.export.ExportArchive()
+        # Tracks the layers rather than the model: `track(model)` makes the
+        # export walk everything the model holds, its optimizer included,
+        # to find lookup tables, and serving needs none of the training
+        # state. The variables saved are those the endpoint uses.
+        for layer in model.layers:
+            archive.track(layer)
+        archive.add_endpoint(
+            SIGNATURE_NAME,
+            _serving_function(model, names, _ends_in_softmax(model)),
+            input_signature=[input_spec],
+        )
+        archive.write_out(temporary, verbose=False)
+        if warmup is not None:
+            _write_warmup(os.path.join(temporary, WARMUP_FILE), warmup)
+        if os.path.lexists(target):
+            # Made by someone else while this export was being written.
+            raise ValueError(
+                f"Version folder '{target}' appeared while the export was "
+                "being written; expected it to stay free. Export again with "
+                "another `version`, or `version=None`."
+            )
+        os.rename(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if made_export_dir:
+            try:
+                os.rmdir(export_dir)
+            except OSError:
+                pass
+        raise
+    return target
+
+
+def _check_backend():
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            "`export_for_serving` writes a TensorFlow SavedModel and needs the "
+            "TensorFlow backend; expected KERAS_BACKEND='tensorflow'. "
+            f"Received: backend='{backend}'"
+        )
+
+
+def _input_spec(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Expected a `keras.Model`. Received: "
+            f"model={model!r} of type {type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built; expected a built model with "
+            "a known input shape. Start the model with `keras.Input(shape)`, "
+            "or call `model.build(input_shape)` before exporting it."
+        )
+    try:
+        inputs = model.inputs
+    except AttributeError:
+        inputs = None
+    if not inputs:
+        raise ValueError(
+            f"Model '{model.name}' has no defined inputs; expected a "
+            "`Sequential` or functional model made with `keras.Input`. "
+            f"Received a model of type {type(model).__name__}"
+        )
+    if len(inputs) != 1:
+        raise ValueError(
+            f"Model '{model.name}' has {len(inputs)} inputs; expected a "
+            "classifier with one input."
+        )
+    shape = (None,) + tuple(inputs[0].shape[1:])
+    return tf.TensorSpec(shape, dtype=inputs[0].dtype, name=INPUT_NAME)
+
+
+def _output_width(model, input_spec):
+    # `model.outputs` and `compute_output_shape` keep the width the model
+    # was built with; a head grown since then is seen only by a real call.
+    traced = tf.function(lambda inputs: model(inputs, training=False))
+    outputs = traced.get_concrete_function(input_spec).structured_outputs
+    if not tf.is_tensor(outputs):
+        raise ValueError(
+            f"Model '{model.name}' returns a {type(outputs).__name__}; "
+            "expected a classifier with one output tensor."
+        )
+    width = outputs.shape[-1] if outputs.shape.rank else None
+    if width is None:
+        raise ValueError(
+            f"Model '{model.name}' gives outputs of shape {outputs.shape}; "
+            "expected a known number of classes on the last axis."
+        )
+    if width == 0:
+        raise ValueError(
+            f"Model '{model.name}' has 0 output units; expected a "
+            "classifier that knows at least one class. Train a first stage "
+            "(or `keras_incremental.expand` the head) before exporting it."
+        )
+    return width
+
+
+def _class_names(class_names, width):
+    if class_names is None:
+        return [str(index) for index in range(width)]
+    if hasattr(class_names, "classes_"):
+        class_names = class_names.classes_
+    if isinstance(class_names, (str, bytes)) or not hasattr(
+        class_names, "__iter__"
+    ):
+        raise TypeError(
+            "Expected `class_names` to be a list of names (strings or "
+            "integers), an object with a `classes_` list, or `None`. "
+            f"Received: class_names={class_names!r}"
+        )
+    names = []
+    for name in class_names:
+        if isinstance(name, str):
+            names.append(str(name))
+        elif isinstance(name, numbers.Integral) and not isinstance(
+            name, (bool, np.bool_)
+        ):
+            names.append(str(int(name)))
+        else:
+            raise TypeError(
+                "Expected each class name to be a string or an integer. "
+                f"Received: {name!r} of type {type(name).__name__} in "
+                f"class_names={list(class_names)!r}"
+            )
+    if len(names) != width:
+        raise ValueError(
+            f"Expected one class name per output unit: the model has {width} "
+            f"output units. Received {len(names)} class names: {names!r}"
+        )
+    counts = collections.Counter(names)
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    if duplicates:
+        raise ValueError(
+            "Expected distinct class names. Received duplicates "
+            f"{duplicates!r} in class names {names!r}"
+        )
+    return names
+
+
+def _check_export_dir(export_dir):
+    if not isinstance(export_dir, (str, os.PathLike)):
+        raise TypeError(
+            "Expected `export_dir` to be a folder path. Received: "
+            f"export_dir={export_dir!r} of type {type(export_dir).__name__}"
+        )
+    export_dir = os.fspath(export_dir)
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(
+            f"'{export_dir}' is a file; expected `export_dir` to be a folder "
+            "(or a path where one can be made) to hold the numbered version "
+            f"folders. Received: export_dir='{export_dir}'"
+        )
+    return export_dir
+
+
+def _versions(export_dir):
+    """The versions in `export_dir`, as `{version: folder name}`."""
+    if not os.path.isdir(export_dir):
+        return {}
+    return {
+        int(name): name
+        for name in os.listdir(export_dir)
+        if name.isascii()
+        and name.isdigit()
+        and os.path.isdir(os.path.join(export_dir, name))
+    }
+
+
+def _check_version(version, export_dir):
+    versions = _versions(export_dir)
+    if version is None:
+        return max(versions, default=0) + 1
+    if not isinstance(version, numbers.Integral) or isinstance(
+        version, (bool, np.bool_)
+    ):
+        raise TypeError(
+            "Expected `version` to be a positive integer or `None`. "
+            f"Received: version={version!r} of type {type(version).__name__}"
+        )
+    version = int(version)
+    if version < 1:
+        raise ValueError(
+            "Expected `version` to be a positive integer or `None`. "
+            f"Received: version={version}"
+        )
+    if version in versions or os.path.lexists(
+        os.path.join(export_dir, str(version))
+    ):
+        existing = os.path.join(export_dir, versions.get(version, str(version)))
+        raise ValueError(
+            f"Version {version} exists already at '{existing}'; an export "
+            "never overwrites one. Pick another `version` (or `None` for the "
+            "next free one), or remove the folder first. "
+            f"Received: version={version}"
+        )
+    return version
+
+
+def _ends_in_softmax(model):
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    return getattr(last, "activation", None) is keras.activations.softmax
+
+
+def _serving_function(model, names, ends_in_softmax):
+    def serve(inputs):
+        outputs = tf.cast(model(inputs, training=False), tf.float32)
+        if ends_in_softmax:
+            probabilities = outputs
+        else:
+            probabilities = tf.nn.softmax(outputs, axis=-1)
+        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        classes = tf.gather(tf.constant(names, dtype=tf.string), class_ids)
+        return {
+            "probabilities": probabilities,
+            "class_ids": class_ids,
+            "classes": classes,
+        }
+
+    return serve
+
+
+def _warmup_records(warmup_inputs, input_spec, model_name):
+    """Serialized `PredictionLog` records, one per sample."""
+    try:
+        from tensorflow_serving.apis import model_pb2
+        from tensorflow_serving.apis import predict_pb2
+        from tensorflow_serving.apis import prediction_log_pb2
+    except ImportError as error:
+        raise ImportError(
+            "Writing TensorFlow Serving warmup requests (`warmup_inputs`) "
+            "needs the `tensorflow-serving-api` package. Install it with "
+            "`pip install tensorflow-serving-api`, or export without "
+            "`warmup_inputs`."
+        ) from error
+
+    dtype = input_spec.dtype.as_numpy_dtype
+    try:
+        samples = np.asarray(warmup_inputs, dtype=dtype)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            "Expected `warmup_inputs` to be an array of "
+            f"{input_spec.dtype.name} samples. Received an object of type "
+            f"{type(warmup_inputs).__name__} ({error})"
+        ) from error
+    expected = tuple(input_spec.shape)
+    if not input_spec.shape.is_compatible_with(samples.shape):
+        raise ValueError(
+            "Expected `warmup_inputs` to be a batch of samples shaped like the "
+            f"model's input {expected}. Received an array of shape "
+            f"{samples.shape}"
+        )
+    if not 1 <= len(samples) <= MAX_WARMUP_RECORDS:
+        raise ValueError(
+            f"Expected 1 to {MAX_WARMUP_RECORDS} warmup samples (TensorFlow "
+            "Serving reads at most that many). Received "
+            f"{len(samples)} samples"
+        )
+    records = []
+    for sample in samples:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(
+                name=model_name, signature_name=SIGNATURE_NAME
+            ),
+        )
+        request.inputs[INPUT_NAME].CopyFrom(
+            tf.make_tensor_proto(sample[None], dtype=input_spec.dtype)
+        )
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
+        records.append(log.SerializeToString())
+    return records
+
+
+def _write_warmup(path, records):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)

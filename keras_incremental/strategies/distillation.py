@@ -1,0 +1,65 @@
+import keras
+
+from keras_incremental.strategies.features import logits_of
+from keras_incremental.strategies.strategy import Strategy
+
+
+class Distillation(Strategy):
+    """Learning without Forgetting: the old classes' logits are distilled
+    from the previous stage's model.
+
+    Adds `weight * T**2 * KL(softmax(t / T) || softmax(s / T))` to the loss,
+    where `t` are the teacher's logits and `s` the model's logits of the
+    classes of earlier stages, through `keras.distillation.LogitsDistillation`.
+    The teacher is a frozen copy of the model as it ended the previous stage,
+    kept outside the model (never tracked or saved with it).
+
+    Args:
+        temperature: Softmax temperature, > 0. Defaults to `2.0`.
+        weight: Weight of the distillation term, >= 0. Defaults to `1.0`.
+
+    Example:
+
+    ```python
+    inc = keras_incremental.IncrementalModel(strategy=Distillation())
+    ```
+
+    References:
+        - [Li & Hoiem, 2016](https://arxiv.org/abs/1606.09282), Learning
+          without Forgetting.
+        - [Hinton et al., 2015](https://arxiv.org/abs/1503.02531), Distilling
+          the Knowledge in a Neural Network.
+    """
+
+    name = "lwf"
+    needs_teacher = True
+
+    def __init__(self, temperature=2.0, weight=1.0):
+        if not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ValueError(
+                "Expected a positive `temperature`. "
+                f"Received: temperature={temperature!r}"
+            )
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(
+                f"Expected a non-negative `weight`. Received: weight={weight!r}"
+            )
+        self.temperature = float(temperature)
+        self.weight = float(weight)
+        self._distillation = keras.distillation.LogitsDistillation(
+            temperature=self.temperature
+        )
+
+    def loss(self, context, x, y, y_pred):
+        if context.teacher is None or context.old_units == 0:
+            return None
+        head = context.head
+        teacher = logits_of(head, context.teacher(x, training=False))
+        student = logits_of(head, y_pred)[..., : context.old_units]
+        term = self._distillation.compute_loss(
+            keras.ops.stop_gradient(teacher), student
+        )
+        return self.weight * term
+
+    def get_config(self):
+        return {"temperature": self.temperature, "weight": self.weight}

@@ -1,0 +1,136 @@
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_incremental.strategies.features import logits_of
+from keras_incremental.strategies.strategy import Strategy
+
+
+class EWC(Strategy):
+    """Elastic weight consolidation: weights important to earlier stages are
+    pulled back towards their values.
+
+    After each stage the diagonal of the empirical Fisher information is
+    estimated on up to `samples` of the stage's samples (squared gradients of
+    each sample's log-likelihood) and added to the running total (online
+    EWC); the loss of later stages adds
+    `weight / 2 * sum(F * (theta - theta_old) ** 2)`. Head units added later
+    have no anchor. Needs the stage as NumPy arrays, and the TensorFlow
+    backend for the gradients.
+
+    Args:
+        weight: The penalty's weight (lambda), >= 0. Defaults to `1000.0`.
+        samples: How many of the stage's samples estimate the Fisher
+            information. Defaults to `200`.
+        seed: Seed choosing those samples. Defaults to `0`.
+
+    Example:
+
+    ```python
+    inc = keras_incremental.IncrementalModel(strategy=EWC(weight=500.0))
+    ```
+
+    References:
+        - [Kirkpatrick et al., 2017](https://arxiv.org/abs/1612.00796),
+          Overcoming Catastrophic Forgetting in Neural Networks.
+        - [Schwarz et al., 2018](https://arxiv.org/abs/1805.06370), Progress
+          & Compress (online EWC).
+    """
+
+    name = "ewc"
+
+    def __init__(self, weight=1000.0, samples=200, seed=0):
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(
+                f"Expected a non-negative `weight`. Received: weight={weight!r}"
+            )
+        if (
+            isinstance(samples, bool)
+            or not isinstance(samples, int)
+            or (samples < 1)
+        ):
+            raise ValueError(
+                "Expected `samples` to be a positive integer. "
+                f"Received: samples={samples!r}"
+            )
+        self.weight = float(weight)
+        self.samples = samples
+        self.seed = seed
+        self._fisher = {}
+        self._anchor = {}
+
+    def begin_stage(self, context):
+        if context.data is None:
+            raise ValueError(
+                "EWC estimates the Fisher information from the stage's "
+                "samples, so it needs NumPy arrays in `prepare`; received a "
+                "`tf.data.Dataset`."
+            )
+
+    def loss(self, context, x, y, y_pred):
+        if not self._fisher:
+            return None
+        ops = keras.ops
+        total = 0.0
+        for variable in context.model.trainable_variables:
+            fisher = self._fisher.get(variable.path)
+            if fisher is None:
+                continue
+            current = variable[tuple(slice(0, n) for n in fisher.shape)]
+            anchor = ops.convert_to_tensor(self._anchor[variable.path])
+            total = total + ops.sum(
+                ops.convert_to_tensor(fisher) * ops.square(current - anchor)
+            )
+        return self.weight / 2.0 * total
+
+    def end_stage(self, context):
+        x, labels = context.data
+        rng = np.random.default_rng([self.seed, context.stage])
+        if labels.shape[0] > self.samples:
+            chosen = rng.choice(labels.shape[0], self.samples, replace=False)
+            x, labels = x[chosen], labels[chosen]
+        variables = list(context.model.trainable_variables)
+        fisher = _fisher_diagonal(context, variables, x, labels)
+        for variable, value in zip(variables, fisher, strict=True):
+            previous = self._fisher.get(variable.path)
+            if previous is not None:
+                padded = np.zeros_like(value)
+                padded[tuple(slice(0, n) for n in previous.shape)] = previous
+                value = value + padded
+            self._fisher[variable.path] = value.astype("float32")
+            self._anchor[variable.path] = np.asarray(variable.numpy())
+
+    def get_config(self):
+        return {
+            "weight": self.weight,
+            "samples": self.samples,
+            "seed": self.seed,
+        }
+
+
+def _fisher_diagonal(context, variables, x, labels):
+    """Mean squared per-sample gradient of the log-likelihood."""
+    model, head = context.model, context.head
+
+    @tf.function(reduce_retracing=True)
+    def squared_gradients(sample, label):
+        with tf.GradientTape() as tape:
+            logits = logits_of(head, model(sample, training=False))
+            log_likelihood = -keras.losses.sparse_categorical_crossentropy(
+                label, logits, from_logits=True
+            )
+            log_likelihood = tf.reduce_sum(log_likelihood)
+        gradients = tape.gradient(log_likelihood, variables)
+        return [
+            tf.zeros_like(v) if g is None else tf.square(g)
+            for v, g in zip(variables, gradients, strict=True)
+        ]
+
+    totals = [np.zeros(tuple(v.shape), dtype="float64") for v in variables]
+    for i in range(labels.shape[0]):
+        squares = squared_gradients(
+            tf.constant(x[i : i + 1]), tf.constant(labels[i : i + 1])
+        )
+        for total, square in zip(totals, squares, strict=True):
+            total += square.numpy()
+    return [total / labels.shape[0] for total in totals]

@@ -1,0 +1,50 @@
+"""Views of a classifier that strategies share: features and logits."""
+
+import keras
+import numpy as np
+
+
+def feature_extractor(model, head):
+    """A model from `model`'s inputs to the input of its head layer.
+
+    Raises:
+        ValueError: when the model has no symbolic inputs (a subclassed
+            model), so the head's input cannot be reached.
+    """
+    try:
+        inputs = model.inputs
+        inputs = inputs[0] if len(inputs) == 1 else inputs
+        features = head.input
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            "Herding and nearest-mean prediction need the features that "
+            "enter the head, so the model must be a Sequential or "
+            f"Functional model with an `Input`. Received: {model!r} "
+            f"({error})"
+        ) from error
+    return keras.Model(inputs, features)
+
+
+def logits_of(head, outputs):
+    """Logits from the head's outputs (log-probabilities after softmax)."""
+    if head.activation is keras.activations.softmax:
+        return keras.ops.log(keras.ops.clip(outputs, 1e-7, 1.0))
+    return outputs
+
+
+def outputs(model, x, batch_size=None):
+    """The model's outputs on arrays, in eager batches.
+
+    Calling the model directly skips tracing a predict function, which
+    costs more than the whole prediction on evaluation-sized data; other
+    inputs (datasets) go through `model.predict`.
+    """
+    if not isinstance(x, np.ndarray):
+        return model.predict(x, batch_size=batch_size, verbose=0)
+    size = batch_size or 1024
+    return np.concatenate(
+        [
+            keras.ops.convert_to_numpy(model(x[i : i + size], training=False))
+            for i in range(0, max(len(x), 1), size)
+        ]
+    )

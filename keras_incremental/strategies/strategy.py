@@ -1,0 +1,183 @@
+"""The strategy protocol: a memory policy, loss terms and stage hooks."""
+
+import dataclasses
+
+import keras
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What a strategy sees of the stage being trained.
+
+    Attributes:
+        model: The model being trained.
+        head: Its `ExpandableDense` head.
+        stage: The stage number, 0 for the first.
+        old_units: Output units before this stage's growth (the classes of
+            earlier stages).
+        teacher: A frozen copy of the model as it ended the previous stage,
+            or `None` (first stage, or no part asked for one). It is never an
+            attribute of the model: it is not tracked or saved with it.
+        memory: The `ExemplarMemory` of the run.
+        data: The stage's own samples, `(x, class_indices)` NumPy arrays, or
+            `None` when the stage came as a `tf.data.Dataset`.
+        replayed: The class indices of the exemplars mixed into the stage,
+            or `None` when none were.
+        labels: The class indices of the stage's own samples (arrays or
+            dataset), or `None` when not known.
+    """
+
+    model: keras.Model
+    head: keras.layers.Layer
+    stage: int
+    old_units: int
+    teacher: keras.Model = None
+    memory: object = None
+    data: tuple = None
+    replayed: object = None
+    labels: object = None
+
+
+class Strategy:
+    """A method against forgetting: the base class, which does nothing.
+
+    Used as is, it is plain fine-tuning (`"finetune"`): the baseline that
+    forgets. Subclasses override the hooks they need; `Combine` composes
+    several. Hooks run inside `IncrementalModel`:
+
+    - `begin_stage(context)` after the head grew, before the first step;
+    - `loss(context, x, y, y_pred)` inside the train step (traced), returns
+      an extra loss term or `None`; `y` is the stage's target structure;
+    - `weigh(context, labels, sample_weight)` inside the train step,
+      returns the sample weights for the compiled loss (or `None`);
+    - `end_stage(context)` after the last step, before the memory update;
+    - `predict(context, x)` class indices, or `None` to use the head.
+
+    Flags read by the callback: `replay` (mix the memory's exemplars into
+    `prepare`), `selection` (`"random"` or `"herding"`), `needs_teacher`,
+    `needs_logits` (store logits with the exemplars and pass them to `loss`
+    as `y = (labels, logits, mask)`).
+
+    Example:
+
+    ```python
+    inc = keras_incremental.IncrementalModel(strategy=Strategy())  # finetune
+    ```
+    """
+
+    name = "finetune"
+    replay = False
+    selection = "random"
+    needs_teacher = False
+    needs_logits = False
+
+    def begin_stage(self, context):
+        pass
+
+    def loss(self, context, x, y, y_pred):
+        return None
+
+    def weigh(self, context, labels, sample_weight):
+        return sample_weight
+
+    def end_stage(self, context):
+        pass
+
+    def predict(self, context, x):
+        return None
+
+    @property
+    def parts(self):
+        """The strategies this one is made of (itself for a single one)."""
+        return [self]
+
+    def get_config(self):
+        """The constructor arguments, JSON-able."""
+        return {}
+
+    def __repr__(self):
+        arguments = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_config().items()
+        )
+        return f"{type(self).__name__}({arguments})"
+
+
+class Combine(Strategy):
+    """Several strategies applied together: their loss terms add up.
+
+    Args:
+        *parts: `Strategy` objects. Their hooks run in the order given.
+        name: The name reported in checkpoints and benchmarks. Defaults to
+            the parts' names joined by `"+"`.
+
+    Example:
+
+    ```python
+    strategy = Combine(Replay(), Distillation(), WeightAligning())
+    inc = keras_incremental.IncrementalModel(strategy=strategy,
+                                             memory_size=200)
+    ```
+    """
+
+    def __init__(self, *parts, name=None):
+        flat = []
+        for part in parts:
+            if not isinstance(part, Strategy):
+                raise TypeError(
+                    "Expected `Strategy` objects to combine. "
+                    f"Received: {part!r} of type {type(part).__name__}"
+                )
+            flat.extend(part.parts)
+        selections = {p.selection for p in flat if p.replay}
+        if len(selections) > 1:
+            raise ValueError(
+                "Combined strategies disagree on the exemplar selection; "
+                f"expected one. Received: {sorted(selections)}"
+            )
+        self._parts = flat
+        self.name = name or "+".join(p.name for p in flat)
+        self.replay = any(p.replay for p in flat)
+        self.selection = selections.pop() if selections else "random"
+        self.needs_teacher = any(p.needs_teacher for p in flat)
+        self.needs_logits = any(p.needs_logits for p in flat)
+
+    @property
+    def parts(self):
+        return list(self._parts)
+
+    def begin_stage(self, context):
+        for part in self._parts:
+            part.begin_stage(context)
+
+    def loss(self, context, x, y, y_pred):
+        terms = [p.loss(context, x, y, y_pred) for p in self._parts]
+        terms = [t for t in terms if t is not None]
+        if not terms:
+            return None
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+    def weigh(self, context, labels, sample_weight):
+        for part in self._parts:
+            sample_weight = part.weigh(context, labels, sample_weight)
+        return sample_weight
+
+    def end_stage(self, context):
+        for part in self._parts:
+            part.end_stage(context)
+
+    def predict(self, context, x):
+        for part in self._parts:
+            indices = part.predict(context, x)
+            if indices is not None:
+                return indices
+        return None
+
+    def get_config(self):
+        return {"name": self.name}
+
+    def __repr__(self):
+        inner = ", ".join(repr(p) for p in self._parts)
+        return f"Combine({inner}, name={self.name!r})"

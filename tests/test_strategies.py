@@ -1,0 +1,225 @@
+"""Strategies against forgetting, inside ordinary `model.fit`."""
+
+import json
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import keras_incremental as ki
+from keras_incremental import strategies
+from keras_incremental.strategies import Combine
+from keras_incremental.strategies import Distillation
+from keras_incremental.strategies import Replay
+from keras_incremental.strategies import WeightAligning
+
+PLAN = [[0, 1], [2, 3], [4, 5]]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], data.target[order]
+    return x[:1200], y[:1200], x[1200:], y[1200:]
+
+
+def make_model(hidden=64):
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(hidden, activation="relu", name="body"),
+            ki.ExpandableDense(0, name="head"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def run(digits, strategy, memory_size=60, epochs=4, plan=PLAN, **kwargs):
+    x, y, x_test, y_test = digits
+    model = make_model()
+    inc = ki.IncrementalModel(
+        strategy=strategy,
+        memory_size=memory_size,
+        evaluation=(x_test, y_test),
+        **kwargs,
+    )
+    for classes in plan:
+        mask = np.isin(y, classes)
+        xs, ys = inc.prepare(x[mask], y[mask])
+        model.fit(
+            xs, ys, epochs=epochs, batch_size=32, verbose=0, callbacks=[inc]
+        )
+    return model, inc
+
+
+@pytest.fixture(scope="module")
+def finetune_accuracy(digits):
+    keras.utils.set_random_seed(0)
+    _, inc = run(digits, "finetune")
+    return inc.metrics()["final_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "name, margin",
+    [
+        ("replay", 0.25),
+        ("icarl", 0.25),
+        ("wa", 0.25),
+        ("der++", 0.25),
+        ("default", 0.25),
+        # LwF and EWC keep little without exemplars in class-incremental
+        # learning (their known weakness): they must run and not do worse.
+        ("lwf", -0.02),
+        ("ewc", -0.02),
+    ],
+)
+def test_each_strategy_beats_finetune(digits, finetune_accuracy, name, margin):
+    _, inc = run(digits, name)
+    result = inc.metrics()
+    # Finetune ends near 1/3: it only knows the last stage's two classes.
+    assert finetune_accuracy < 0.45
+    assert result["final_accuracy"] > finetune_accuracy + margin
+    assert inc.strategy.name == name
+
+
+def test_distillation_loss_is_base_plus_weighted_term(digits):
+    x, y, _, _ = digits
+    strategy = Distillation(temperature=2.0, weight=0.7)
+    model, inc = run(digits, strategy, memory_size=0, plan=[[0, 1]])
+    mask = np.isin(y, [2, 3])
+    xs, ys = inc.prepare(x[mask], y[mask])
+    teacher_logits = model.predict(xs, verbose=0)
+    head_units = model.get_layer("head").units
+
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen["weights"] = len(self.model.weights)
+            seen["logits"] = self.model.predict_on_batch(xs)
+
+    count_before = len(model.weights)
+    history = model.fit(
+        xs,
+        ys,
+        epochs=2,
+        batch_size=len(xs),
+        verbose=0,
+        callbacks=[inc, Capture()],
+    )
+    # The second step, with the weights the first one changed: base loss
+    # plus 0.7 * distillation from the previous stage's model.
+    logits = seen["logits"]
+    base = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        ys, logits
+    )
+    term = keras.distillation.LogitsDistillation(temperature=2.0).compute_loss(
+        teacher_logits, logits[:, :head_units]
+    )
+    expected = float(base) + 0.7 * float(term)
+    assert float(term) > 0.01
+    np.testing.assert_allclose(history.history["loss"][1], expected, rtol=1e-5)
+    # The teacher is not tracked by the model, during or after the stage
+    # (growth replaces the head's kernel and bias, it adds none).
+    assert seen["weights"] == count_before
+    assert len(model.weights) == count_before
+
+
+def test_teacher_is_not_in_the_saved_file(digits, tmp_path):
+    path = tmp_path / "run.keras"
+    model, _ = run(digits, "lwf", memory_size=0, epochs=1, checkpoint=str(path))
+    with zipfile.ZipFile(path) as archive:
+        archive.extract("model.weights.h5", tmp_path)
+    names = []
+    with h5py.File(tmp_path / "model.weights.h5") as file:
+        file.visit(names.append)
+    datasets = [n for n in names if n.startswith("layers/") and "/vars/" in n]
+    # body kernel+bias, head kernel+bias: nothing of a teacher.
+    assert len(datasets) == 4
+    loaded = keras.models.load_model(path)
+    assert len(loaded.weights) == len(model.weights) == 4
+
+
+def test_weight_aligning_equalises_mean_norms(digits):
+    strategy = Combine(Replay(), WeightAligning(), name="replay+wa")
+    model, _ = run(digits, strategy, plan=PLAN[:2], epochs=2)
+    kernel = model.get_layer("head").kernel.numpy()
+    norms = np.linalg.norm(kernel, axis=0)
+    np.testing.assert_allclose(norms[2:].mean(), norms[:2].mean(), rtol=1e-5)
+
+
+def test_icarl_herding_memory_and_nearest_mean_prediction(digits):
+    x, y, x_test, y_test = digits
+    model, inc = run(digits, "icarl", plan=PLAN[:2])
+    assert inc.memory.selection == "herding"
+    seen = np.isin(y_test, [0, 1, 2, 3])
+    nme = inc.predict(x_test[seen])
+    head = model.predict(x_test[seen], verbose=0).argmax(-1)
+    # A real classifier of its own: accurate, and not the head's argmax.
+    truth = inc.encoder.transform(y_test[seen])
+    assert (nme == truth).mean() > 0.8
+    assert not np.array_equal(nme, head)
+
+
+def test_der_plus_plus_replays_stored_logits(digits):
+    x, y, _, _ = digits
+    model, inc = run(digits, "der++", plan=PLAN[:2], epochs=2)
+    assert inc.memory.logits_ is not None
+    widths = set(inc.memory.logit_widths_.tolist())
+    assert widths == {2, 4}
+    xs, (labels, logits, mask) = inc.prepare(
+        *[a[np.isin(y, [4])] for a in (x, y)]
+    )
+    assert logits.shape == mask.shape == (len(xs), 5)
+    replayed = mask.sum(1) > 0
+    assert replayed.sum() == len(inc.memory)
+
+
+def test_strategy_and_metrics_survive_the_checkpoint(digits, tmp_path):
+    path = tmp_path / "stages.keras"
+    strategy = Combine(Replay("herding"), Distillation(weight=0.5), name="mine")
+    _, inc = run(digits, strategy, plan=PLAN[:2], epochs=1, checkpoint=path)
+    _, restored = ki.IncrementalModel.restore(path)
+    assert restored.strategy.name == "mine"
+    assert strategies.serialize(restored.strategy) == strategies.serialize(
+        strategy
+    )
+    assert restored.history_ == inc.history_
+    assert (
+        restored.metrics()["final_accuracy"] == inc.metrics()["final_accuracy"]
+    )
+
+
+def test_report_json_and_plot_per_stage(digits, tmp_path):
+    report = tmp_path / "out" / "report.json"
+    _, inc = run(digits, "replay", plan=PLAN, epochs=1, report=report)
+    written = json.loads(report.read_text())
+    assert written["strategy"] == "replay"
+    assert len(written["accuracy_matrix"]) == 3
+    assert written["final_accuracy"] == pytest.approx(
+        inc.metrics()["final_accuracy"]
+    )
+    assert [h["classes"] for h in written["history"]] == PLAN
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "out" / "report.png").stat().st_size > 1000
+
+
+def test_bad_strategies():
+    with pytest.raises(ValueError, match="Received: strategy='sgd'"):
+        ki.IncrementalModel(strategy="sgd")
+    with pytest.raises(TypeError, match="Received: 3"):
+        ki.IncrementalModel(strategy=3)
+    with pytest.raises(ValueError, match="temperature"):
+        Distillation(temperature=0)
+    with pytest.raises(ValueError, match="disagree"):
+        Combine(Replay("herding"), Replay("random"))
