@@ -19,21 +19,9 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import keras_incremental as ki  # noqa: E402
+from keras_incremental.demo import NAMES as DIGIT_NAMES  # noqa: E402
 
-NAMES = np.array(
-    [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-    ]
-)
+NAMES = np.array(DIGIT_NAMES)
 
 
 def main(argv=None):

@@ -6,15 +6,21 @@ ordinary `compile` / `fit` / `save` workflow.
 
 __version__ = "0.1.0"
 
+from keras_incremental import metrics
+from keras_incremental import strategies
 from keras_incremental.callbacks import IncrementalModel
 from keras_incremental.growth import expand
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.serving import export_for_serving
 from keras_incremental.transfer import transfer_weights
 
 __all__ = [
     "ExpandableDense",
     "IncrementalModel",
     "expand",
+    "export_for_serving",
+    "metrics",
+    "strategies",
     "transfer_weights",
     "__version__",
 ]
