@@ -21,6 +21,7 @@ from keras_incremental.files import open_mode
 
 STATE_ENTRY = "keras_incremental/state.json"
 MEMORY_ENTRY = "keras_incremental/memory.h5"
+STRATEGY_ENTRY = "keras_incremental/strategy.h5"
 FORMAT_VERSION = 1
 
 
@@ -45,8 +46,9 @@ def check_checkpoint_path(path, must_exist=False):
     return path
 
 
-def write_checkpoint(path, model, state, memory=None):
-    """Writes `model`, `state` (a JSON-able dict) and `memory`, atomically.
+def write_checkpoint(path, model, state, memory=None, arrays=None):
+    """Writes `model`, `state` (a JSON-able dict), `memory` and `arrays` (a
+    dict of NumPy arrays by name: the strategy's learned state), atomically.
 
     The folder is made when missing.
     """
@@ -67,6 +69,8 @@ def write_checkpoint(path, model, state, memory=None):
             )
             if memory is not None:
                 archive.writestr(MEMORY_ENTRY, _memory_bytes(memory))
+            if arrays:
+                archive.writestr(STRATEGY_ENTRY, _arrays_bytes(arrays))
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
@@ -74,6 +78,23 @@ def write_checkpoint(path, model, state, memory=None):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _arrays_bytes(arrays):
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
+        for index, (name, value) in enumerate(sorted(arrays.items())):
+            # Names may hold "/" (variable paths): keep them as attributes.
+            dataset = file.create_dataset(f"array_{index}", data=value)
+            dataset.attrs["name"] = name
+    return buffer.getvalue()
+
+
+def _read_arrays(data):
+    with h5py.File(io.BytesIO(data), "r") as file:
+        return {
+            str(file[key].attrs["name"]): file[key][()] for key in file.keys()
+        }
 
 
 def _memory_bytes(memory):
@@ -87,7 +108,8 @@ def read_checkpoint(path, memory_class):
     """Reads a checkpoint written by `write_checkpoint`.
 
     Returns:
-        `(model, state, memory)`; `memory` is `None` when none was written.
+        `(model, state, memory, arrays)`; `memory` is `None` when none was
+        written, `arrays` an empty dict.
 
     Raises:
         ValueError: when `path` is not a checkpoint of this package.
@@ -104,6 +126,9 @@ def read_checkpoint(path, memory_class):
                 )
             state = json.loads(archive.read(STATE_ENTRY))
             memory = None
+            arrays = {}
+            if STRATEGY_ENTRY in names:
+                arrays = _read_arrays(archive.read(STRATEGY_ENTRY))
             if MEMORY_ENTRY in names:
                 buffer = io.BytesIO(archive.read(MEMORY_ENTRY))
                 with h5py.File(buffer, "r") as file:
@@ -114,4 +139,4 @@ def read_checkpoint(path, memory_class):
             "`.keras` zip written by `IncrementalModel(checkpoint=...)`."
         ) from error
     model = keras.models.load_model(path)
-    return model, state, memory
+    return model, state, memory, arrays

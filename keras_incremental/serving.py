@@ -247,13 +247,16 @@ def _class_names(class_names, width):
     for name in class_names:
         if isinstance(name, str):
             names.append(str(name))
+        elif isinstance(name, bytes):
+            names.append(name.decode("utf-8"))
         elif isinstance(name, numbers.Integral) and not isinstance(
             name, (bool, np.bool_)
         ):
             names.append(str(int(name)))
         else:
             raise TypeError(
-                "Expected each class name to be a string or an integer. "
+                "Expected each class name to be a string, bytes or an "
+                "integer. "
                 f"Received: {name!r} of type {type(name).__name__} in "
                 f"class_names={list(class_names)!r}"
             )

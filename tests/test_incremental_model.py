@@ -441,3 +441,32 @@ def test_restore_errors(tmp_path):
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(plain)
     with pytest.raises(ValueError, match="not a keras_incremental"):
         ki.IncrementalModel.restore(str(plain))
+
+
+def test_tf_data_with_batched_one_hot_labels(digits):
+    x, y, _, _ = digits
+    xs, ys = stage(x, y, [0, 1, 2])
+    one_hot = np.eye(3, dtype="float32")[ys]
+    dataset = tf.data.Dataset.from_tensor_slices((xs, one_hot)).batch(32)
+    model = make_model(loss="categorical")
+    inc = ki.IncrementalModel(model=model, strategy="replay", memory_size=30)
+    prepared, _ = inc.prepare(dataset)
+    assert inc.classes_ == [0, 1, 2]
+    model.fit(prepared, epochs=1, verbose=0, callbacks=[inc])
+    assert model.get_layer("head").units == 3
+    assert np.bincount(inc.memory.samples()[1]).tolist() == [10, 10, 10]
+
+
+def test_bytes_labels_are_exported_with_their_names(digits, tmp_path):
+    x, y, _, _ = digits
+    xs, ys = stage(x, y, [0, 1])
+    labels = [NAMES[c].encode() for c in ys]
+    model = make_model()
+    inc = ki.IncrementalModel(
+        strategy="replay",
+        checkpoint=tmp_path / "run.keras",
+        export_dir=tmp_path / "serving",
+    )
+    model.fit(*inc.prepare(xs, labels), epochs=1, verbose=0, callbacks=[inc])
+    assert (tmp_path / "run.keras").is_file()
+    assert os.listdir(tmp_path / "serving") == ["1"]

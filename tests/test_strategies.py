@@ -223,3 +223,52 @@ def test_bad_strategies():
         Distillation(temperature=0)
     with pytest.raises(ValueError, match="disagree"):
         Combine(Replay("herding"), Replay("random"))
+
+
+def test_ewc_state_survives_the_checkpoint(digits, tmp_path):
+    path = tmp_path / "ewc.keras"
+    _, inc = run(digits, "ewc", plan=PLAN[:2], epochs=1, checkpoint=path)
+    state = inc.strategy.get_state()
+    assert len(state) == 8  # Fisher and anchor of 2 kernels and 2 biases
+    _, restored = ki.IncrementalModel.restore(path)
+    again = restored.strategy.get_state()
+    assert sorted(again) == sorted(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(again[name], value)
+
+
+def test_a_failed_fit_does_not_break_the_next_one(digits):
+    x, y, x_test, y_test = digits
+    model = make_model()
+    inc = ki.IncrementalModel(
+        strategy="default", memory_size=40, evaluation=(x_test, y_test)
+    )
+
+    class Fail(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("interrupted")
+
+    for classes in PLAN[:2]:
+        xs, ys = inc.prepare(*[a[np.isin(y, classes)] for a in (x, y)])
+        if classes == PLAN[1]:
+            with pytest.raises(RuntimeError, match="interrupted"):
+                model.fit(xs, ys, epochs=2, verbose=0, callbacks=[inc, Fail()])
+            assert "compute_loss" in vars(model)  # left by the failed stage
+        model.fit(xs, ys, epochs=3, verbose=0, callbacks=[inc])
+    assert "compute_loss" not in vars(model)
+    assert inc.stage_classes_ == [[0, 1], [2, 3]]
+    assert len(inc.metrics()["accuracy_matrix"]) == 2
+
+
+def test_bad_sample_shape_changes_nothing(digits):
+    _, inc = run(digits, "replay", plan=PLAN[:1], epochs=1)
+    classes = list(inc.classes_)
+    with pytest.raises(ValueError, match=r"Expected samples shaped like"):
+        inc.prepare(np.zeros((4, 8), "float32"), [7, 7, 8, 8])
+    assert inc.classes_ == classes
+
+
+def test_herding_replay_combines_with_logit_replay():
+    strategy = Combine(Replay("herding"), strategies.LogitReplay())
+    assert strategy.selection == "herding"
+    assert strategy.needs_logits and strategy.needs_arrays

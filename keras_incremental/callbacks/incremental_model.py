@@ -146,7 +146,9 @@ class IncrementalModel(keras.callbacks.Callback):
         self.stage_classes_ = []
         self.encoder = LabelEncoder()
         self.memory = ExemplarMemory(
-            self.memory_size, selection=self.strategy.selection, seed=self.seed
+            self.memory_size,
+            selection=self.strategy.selection or "random",
+            seed=self.seed,
         )
         self.stage_ = 0
         self._context = None
@@ -194,20 +196,22 @@ class IncrementalModel(keras.callbacks.Callback):
         if model is not None:
             self._check_options(model)
         if isinstance(x, tf.data.Dataset):
-            if self.strategy.needs_logits:
+            if self.strategy.needs_arrays:
                 raise ValueError(
-                    f"The strategy {self.strategy.name!r} replays stored "
-                    "logits, which needs NumPy arrays in `prepare`. Received "
-                    "a `tf.data.Dataset`; pass arrays or pick another "
-                    "strategy."
+                    f"The strategy {self.strategy.name!r} needs the stage as "
+                    "NumPy arrays in `prepare` (to replay stored logits or "
+                    "estimate weight importances). Received a "
+                    "`tf.data.Dataset`; pass arrays or pick another strategy."
                 )
             if y is not None:
                 raise ValueError(
                     "With a `tf.data.Dataset`, labels come from its (x, y) "
                     "elements; expected `y=None`. Received a `y` as well."
                 )
+            self._check_sample_shape(x.element_spec[0].shape, dataset=True)
             return self._prepare_dataset(x), None
         x, labels = self._check_arrays(x, y)
+        self._check_sample_shape(x.shape[1:])
         self.encoder.partial_fit(
             np.unique(labels) if _sortable(labels) else labels
         )
@@ -273,6 +277,25 @@ class IncrementalModel(keras.callbacks.Callback):
             )
         return x, labels
 
+    def _check_sample_shape(self, shape, dataset=False):
+        """Stage samples must match the stored exemplars' shape."""
+        x_old, _ = self.memory.samples()
+        if x_old is None or not self.strategy.replay:
+            return
+        expected = tuple(x_old.shape[1:])
+        received = tuple(shape)
+        if dataset and len(received) == len(expected) + 1:
+            received = received[1:]  # a batched dataset
+        if len(received) != len(expected) or any(
+            r is not None and r != e
+            for r, e in zip(received, expected, strict=True)
+        ):
+            raise ValueError(
+                "Expected samples shaped like the exemplars in memory, "
+                f"{expected}. Received samples of shape {received}. "
+                "Nothing was changed."
+            )
+
     def _target_spec(self):
         """The label format the compiled loss wants, and the one-hot width."""
         model = self._known_model()
@@ -289,7 +312,7 @@ class IncrementalModel(keras.callbacks.Callback):
 
     def _prepare_dataset(self, dataset):
         batches = [
-            np.reshape(np.asarray(y, dtype=object), (-1,))
+            _flat_labels(y)
             for y in dataset.map(lambda x, y: y).as_numpy_iterator()
         ]
         labels = np.concatenate(batches) if batches else np.zeros((0,))
@@ -315,7 +338,12 @@ class IncrementalModel(keras.callbacks.Callback):
         fmt, width = self._target_spec()
         key_dtype = keys.dtype
 
+        label_spec = dataset.element_spec[1]
+        one_hot = label_spec.shape.rank == 2 and label_spec.shape[-1] != 1
+
         def encode(x, y):
+            if one_hot:  # batched one-hot rows: their column is the label
+                y = tf.argmax(y, axis=-1)
             index = table.lookup(tf.cast(y, key_dtype))
             if fmt == "categorical":
                 return x, tf.one_hot(index, width)
@@ -326,8 +354,9 @@ class IncrementalModel(keras.callbacks.Callback):
         prepared = dataset.map(encode)
         x_old, y_old = self._replay_samples()
         if y_old is not None and len(y_old):
+            x_dtype = dataset.element_spec[0].dtype.as_numpy_dtype
             replay = tf.data.Dataset.from_tensor_slices(
-                (x_old, encode_targets(y_old, fmt, width))
+                (x_old.astype(x_dtype), encode_targets(y_old, fmt, width))
             ).shuffle(len(y_old), seed=self.seed + self.stage_)
             spec = dataset.element_spec[0]
             batch = None
@@ -366,6 +395,10 @@ class IncrementalModel(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self._check_options(model)
+        # A `fit` that failed never reached `on_train_end`: drop what its
+        # stage installed before this one starts.
+        _remove_loss(model)
+        self._context = None
         head = find_head(model, self.head)
         old_units = head.units
         teacher = None
@@ -374,7 +407,10 @@ class IncrementalModel(keras.callbacks.Callback):
         missing = len(self.encoder.classes_) - head.units
         if missing > 0:
             expand(model, missing, layer=head)
-        self._new_classes = list(range(old_units, head.units))
+        # The classes no earlier finished stage brought (also those a failed
+        # `fit` of this stage already grew the head for).
+        recorded = {i for group in self.stage_classes_ for i in group}
+        self._new_classes = [i for i in range(head.units) if i not in recorded]
         self._apply_freezing(model, head)
         self._apply_learning_rates(model)
         data = self._stage_data
@@ -457,18 +493,21 @@ class IncrementalModel(keras.callbacks.Callback):
         self.stage_classes_.append(getattr(self, "_new_classes", []))
         self._record_stage()
         self.stage_ += 1
-        if self.report is not None:
-            self._write_report()
-        if self.export_dir is not None:
-            export_for_serving(
-                self.model, self.export_dir, class_names=self.classes_
-            )
+        # The checkpoint first: a failing report or export must not cost
+        # the stage.
         if self.checkpoint is not None:
             checkpoints.write_checkpoint(
                 self.checkpoint,
                 self.model,
                 self.state(),
                 self.memory if self.memory_size else None,
+                self.strategy.get_state(),
+            )
+        if self.report is not None:
+            self._write_report()
+        if self.export_dir is not None:
+            export_for_serving(
+                self.model, self.export_dir, class_names=self.classes_
             )
 
     def predict(self, x, batch_size=None):
@@ -528,6 +567,11 @@ class IncrementalModel(keras.callbacks.Callback):
                     for g in self.stage_classes_
                 ]
                 entry["accuracy"] = overall
+            else:
+                # No class of a stage in the test data yet: a row all the
+                # same, so that the accuracy matrix stays square.
+                entry["row"] = [float("nan")] * len(self.stage_classes_)
+                entry["accuracy"] = float("nan")
         self.history_.append(entry)
 
     def metrics(self):
@@ -571,7 +615,7 @@ class IncrementalModel(keras.callbacks.Callback):
             return
         model = self.model
         head = find_head(model, self.head)
-        self.memory.selection = self.strategy.selection
+        self.memory.selection = self.strategy.selection or "random"
         embed = predict = None
         if self.strategy.selection == "herding":
             extractor = feature_extractor(model, head)
@@ -623,7 +667,9 @@ class IncrementalModel(keras.callbacks.Callback):
             `IncrementalModel` with the class names, memory, stage number and
             settings of the run.
         """
-        model, state, memory = checkpoints.read_checkpoint(path, ExemplarMemory)
+        model, state, memory, arrays = checkpoints.read_checkpoint(
+            path, ExemplarMemory
+        )
         settings = dict(state["settings"])
         settings["strategy"] = (
             strategies.deserialize(settings["strategy"])
@@ -638,6 +684,8 @@ class IncrementalModel(keras.callbacks.Callback):
         inc.stage_classes_ = [list(g) for g in state.get("stage_classes", [])]
         if memory is not None:
             inc.memory = memory
+        if strategy is None:
+            inc.strategy.set_state(arrays)
         if state.get("groups") is not None:
             inc._groups = {float(m): p for m, p in state["groups"].items()}
             inc._base_rate = state["base_rate"]
@@ -749,14 +797,21 @@ def _dataset_arrays(dataset, encoder):
         if np.ndim(y) == 0:  # an unbatched element
             x, y = np.expand_dims(x, 0), np.reshape(y, (1,))
         xs.append(x)
-        ys.append(
-            encoder.transform(_text(np.asarray(y, dtype=object).tolist()))
-        )
+        ys.append(encoder.transform(_text(_flat_labels(y).tolist())))
     return np.concatenate(xs), np.concatenate(ys)
 
 
 def _same_paths(old, new):
     return sorted(map(tuple, old.values())) == sorted(map(tuple, new.values()))
+
+
+def _flat_labels(y):
+    """A batch (or element) of labels as a 1-D object array; one-hot rows
+    become their class index, as with arrays."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[-1] > 1:
+        y = labels_from_onehot(y)
+    return np.reshape(np.asarray(y, dtype=object), (-1,))
 
 
 def _text(labels):

@@ -128,15 +128,17 @@ class ExemplarMemory:
         """Stored logits kept, new ones computed for the new samples."""
         new = keep[fresh[keep]]
         computed = np.asarray(predict(x[new])) if new.size else None
-        stored = len(self)
-        kept_widths = [int(self.logit_widths_[i]) for i in keep if i < stored]
+        # A memory filled without logits (another strategy before) has
+        # none for its stored samples: they replay their labels only.
+        known = min(len(self), self.logit_widths_.shape[0])
+        kept_widths = [int(self.logit_widths_[i]) for i in keep if i < known]
         width = max(
             kept_widths + ([computed.shape[1]] if computed is not None else [0])
         )
         logits = np.zeros((keep.size, width), dtype="float32")
         widths = np.zeros((keep.size,), dtype="int64")
         for row, index in enumerate(keep):
-            if index < stored and self.logits_ is not None:
+            if index < known and self.logits_ is not None:
                 w = int(self.logit_widths_[index])
                 logits[row, :w] = self.logits_[index, :w]
                 widths[row] = w

@@ -35,7 +35,11 @@ class Distillation(Strategy):
     needs_teacher = True
 
     def __init__(self, temperature=2.0, weight=1.0):
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or temperature <= 0
+        ):
             raise ValueError(
                 "Expected a positive `temperature`. "
                 f"Received: temperature={temperature!r}"

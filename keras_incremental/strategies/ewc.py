@@ -38,6 +38,7 @@ class EWC(Strategy):
     """
 
     name = "ewc"
+    needs_arrays = True
 
     def __init__(self, weight=1000.0, samples=200, seed=0):
         if not isinstance(weight, (int, float)) or weight < 0:
@@ -99,6 +100,23 @@ class EWC(Strategy):
                 value = value + padded
             self._fisher[variable.path] = value.astype("float32")
             self._anchor[variable.path] = np.asarray(variable.numpy())
+
+    def get_state(self):
+        state = {f"fisher:{p}": v for p, v in self._fisher.items()}
+        state.update({f"anchor:{p}": v for p, v in self._anchor.items()})
+        return state
+
+    def set_state(self, state):
+        self._fisher = {
+            k[len("fisher:") :]: np.asarray(v)
+            for k, v in state.items()
+            if k.startswith("fisher:")
+        }
+        self._anchor = {
+            k[len("anchor:") :]: np.asarray(v)
+            for k, v in state.items()
+            if k.startswith("anchor:")
+        }
 
     def get_config(self):
         return {

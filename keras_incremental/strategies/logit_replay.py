@@ -30,7 +30,9 @@ class LogitReplay(Strategy):
 
     name = "logit_replay"
     replay = True
+    selection = None  # any: the exemplars' choice is Replay's
     needs_logits = True
+    needs_arrays = True
 
     def __init__(self, alpha=0.5):
         if not isinstance(alpha, (int, float)) or alpha < 0:

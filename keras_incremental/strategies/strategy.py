@@ -54,9 +54,10 @@ class Strategy:
     - `predict(context, x)` class indices, or `None` to use the head.
 
     Flags read by the callback: `replay` (mix the memory's exemplars into
-    `prepare`), `selection` (`"random"` or `"herding"`), `needs_teacher`,
-    `needs_logits` (store logits with the exemplars and pass them to `loss`
-    as `y = (labels, logits, mask)`).
+    `prepare`), `selection` (`"random"` or `"herding"`; `None` for no
+    preference), `needs_teacher`, `needs_logits` (store logits with the
+    exemplars and pass them to `loss` as `y = (labels, logits, mask)`),
+    `needs_arrays` (the stage must come as NumPy arrays, not `tf.data`).
 
     Example:
 
@@ -70,21 +71,68 @@ class Strategy:
     selection = "random"
     needs_teacher = False
     needs_logits = False
+    needs_arrays = False
 
     def begin_stage(self, context):
-        pass
+        """Called after the head grew, before the stage's first step.
+
+        Args:
+            context: The stage's `StageContext`.
+        """
 
     def loss(self, context, x, y, y_pred):
+        """An extra loss term for one train step (traced), or `None`.
+
+        Args:
+            context: The stage's `StageContext`.
+            x: The batch's inputs.
+            y: The batch's targets as `prepare` made them.
+            y_pred: The model's outputs on `x`.
+
+        Returns:
+            A scalar tensor added to the compiled loss, or `None`.
+        """
         return None
 
     def weigh(self, context, labels, sample_weight):
+        """Per-sample weights for the compiled loss in one train step.
+
+        Args:
+            context: The stage's `StageContext`.
+            labels: The batch's labels (class indices or one-hot).
+            sample_weight: The weights `fit` was given, or `None`.
+
+        Returns:
+            The weights to use, or `sample_weight` unchanged.
+        """
         return sample_weight
 
     def end_stage(self, context):
-        pass
+        """Called after the stage's last step, before the memory update.
+
+        Args:
+            context: The stage's `StageContext`.
+        """
 
     def predict(self, context, x):
+        """Class indices for `x` from the strategy's own classifier.
+
+        Args:
+            context: The latest `StageContext`.
+            x: Inputs, as a NumPy array.
+
+        Returns:
+            1-D class indices, or `None` to use the head's argmax.
+        """
         return None
+
+    def get_state(self):
+        """What the strategy learned (a dict of NumPy arrays by name), saved
+        with the stage checkpoint; empty for most strategies."""
+        return {}
+
+    def set_state(self, state):
+        """Restores what `get_state` returned."""
 
     @property
     def parts(self):
@@ -128,7 +176,9 @@ class Combine(Strategy):
                     f"Received: {part!r} of type {type(part).__name__}"
                 )
             flat.extend(part.parts)
-        selections = {p.selection for p in flat if p.replay}
+        selections = {
+            p.selection for p in flat if p.replay and p.selection is not None
+        }
         if len(selections) > 1:
             raise ValueError(
                 "Combined strategies disagree on the exemplar selection; "
@@ -140,6 +190,7 @@ class Combine(Strategy):
         self.selection = selections.pop() if selections else "random"
         self.needs_teacher = any(p.needs_teacher for p in flat)
         self.needs_logits = any(p.needs_logits for p in flat)
+        self.needs_arrays = any(p.needs_arrays for p in flat)
 
     @property
     def parts(self):
@@ -174,6 +225,24 @@ class Combine(Strategy):
             if indices is not None:
                 return indices
         return None
+
+    def get_state(self):
+        return {
+            f"{index}:{name}": value
+            for index, part in enumerate(self._parts)
+            for name, value in part.get_state().items()
+        }
+
+    def set_state(self, state):
+        for index, part in enumerate(self._parts):
+            prefix = f"{index}:"
+            part.set_state(
+                {
+                    name[len(prefix) :]: value
+                    for name, value in state.items()
+                    if name.startswith(prefix)
+                }
+            )
 
     def get_config(self):
         return {"name": self.name}

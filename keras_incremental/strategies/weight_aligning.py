@@ -10,7 +10,9 @@ class WeightAligning(Strategy):
     Trained mostly on new classes, the head gives them larger weight norms,
     so predictions lean towards them. After the stage, the kernel columns
     (and biases) of the classes the stage added are multiplied by
-    `mean ||w_old|| / mean ||w_new||`; this scales their logits alike.
+    `mean ||w_old|| / mean ||w_new||`. Unlike the paper's bias-free head,
+    the new classes' biases are scaled too, so that their logits scale
+    alike.
 
     Example:
 
