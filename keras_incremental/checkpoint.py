@@ -11,13 +11,12 @@ previous checkpoint whole.
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import h5py
 import keras
 
-from keras_incremental.files import open_mode
+from keras_incremental.files import atomic_path
 
 STATE_ENTRY = "keras_incremental/state.json"
 MEMORY_ENTRY = "keras_incremental/memory.h5"
@@ -53,14 +52,7 @@ def write_checkpoint(path, model, state, memory=None, arrays=None):
     The folder is made when missing.
     """
     path = check_checkpoint_path(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=".partial-", suffix=".keras", dir=folder
-    )
-    os.close(handle)
-    try:
-        open_mode(temporary)
+    with atomic_path(path, ".keras") as temporary:
         model.save(temporary)
         with zipfile.ZipFile(temporary, "a") as archive:
             archive.writestr(
@@ -71,13 +63,6 @@ def write_checkpoint(path, model, state, memory=None, arrays=None):
                 archive.writestr(MEMORY_ENTRY, _memory_bytes(memory))
             if arrays:
                 archive.writestr(STRATEGY_ENTRY, _arrays_bytes(arrays))
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def _arrays_bytes(arrays):

@@ -1,6 +1,8 @@
 """File helpers shared by the writers (checkpoints, reports, exports)."""
 
+import contextlib
 import os
+import tempfile
 
 
 def open_mode(path, directory=False):
@@ -14,3 +16,29 @@ def open_mode(path, directory=False):
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, (0o777 if directory else 0o666) & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix):
+    """Yields a temporary file beside `path` to write; moves it into place
+    (synced, with the umask's mode) when the block ends without an error,
+    and removes it otherwise. The folder is made when missing.
+
+    A crash at any moment leaves the previous file at `path` whole.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=".partial-", suffix=suffix, dir=folder
+    )
+    os.close(handle)
+    try:
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        open_mode(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

@@ -29,11 +29,10 @@ metrics.plot_accuracy({"replay": overall}, "run/accuracy.png")
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
-from keras_incremental.files import open_mode
+from keras_incremental.files import atomic_path
 
 
 def stage_accuracies(y_true, y_pred, stages):
@@ -287,22 +286,9 @@ def write_report(report, path):
         )
     path = os.fspath(path)
     text = json.dumps(_jsonable(report), indent=2, allow_nan=False)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=".partial-", suffix=".json", dir=folder
-    )
-    try:
-        with os.fdopen(handle, "w") as file:
+    with atomic_path(path, ".json") as temporary:
+        with open(temporary, "w") as file:
             file.write(text + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        open_mode(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
     return path
 
 
@@ -367,20 +353,8 @@ def plot_accuracy(curves, path, title=None):
         axes.set_title(title)
     figure.tight_layout()
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=".partial-", suffix=".png", dir=folder
-    )
-    os.close(handle)
-    try:
+    with atomic_path(path, ".png") as temporary:
         figure.savefig(temporary, format="png", dpi=100)
-        open_mode(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
     return path
 
 

@@ -349,7 +349,11 @@ def bad_calls(tmp_path):
             r"Received duplicates \['1'\]",
         ),
         (dict(class_names="cat"), TypeError, "list of names"),
-        (dict(class_names=["a", 1.5, "c"]), TypeError, "string, bytes or an integer"),
+        (
+            dict(class_names=["a", 1.5, "c"]),
+            TypeError,
+            "string, bytes or an integer",
+        ),
         (
             dict(export_dir=tmp_path / "file.txt"),
             ValueError,
