@@ -184,12 +184,16 @@ class IncrementalModel(keras.callbacks.Callback):
         Returns:
             `(x, y)` for `model.fit` with arrays, or `(dataset, None)` with a
             dataset; labels encoded as the compiled loss expects, exemplars of
-            earlier classes mixed in when a memory is configured.
+            earlier classes mixed in when the strategy replays. With logit
+            replay (`"der++"`), `y` is `(labels, logits, mask)`, which the
+            loss installed for the stage reads.
 
         Raises:
             ValueError: for an empty stage, x/y of different lengths,
                 non-finite inputs, `None` labels, 2-D labels that are not
-                one-hot. Nothing is changed.
+                one-hot, samples shaped unlike the memory's exemplars, or a
+                dataset for a strategy that needs arrays. Nothing is
+                changed.
             TypeError: for labels mixing types. Nothing is changed.
         """
         model = self._known_model()
@@ -219,24 +223,27 @@ class IncrementalModel(keras.callbacks.Callback):
         self._stage_data = (x, indices)
         self._stage_labels = indices
         fmt, width = self._target_spec()
-        logits = np.zeros((len(indices), width), dtype="float32")
-        mask = np.zeros_like(logits)
+        # Logit replay reads the stored logits beside the labels (zeros,
+        # masked out, for the stage's own samples); the loss installed for
+        # the stage unpacks them.
+        packed = self.strategy.needs_logits
+        if packed:
+            logits = np.zeros((len(indices), width), dtype="float32")
+            mask = np.zeros_like(logits)
         x_old, y_old = self._replay_samples()
         if y_old is not None and len(y_old):
             x = np.concatenate([x, x_old.astype(x.dtype)], axis=0)
             indices = np.concatenate([indices, y_old], axis=0)
-            old_logits, old_mask = self.memory.logit_targets(width)
-            logits = np.concatenate([logits, old_logits], axis=0)
-            mask = np.concatenate([mask, old_mask], axis=0)
             order = np.random.default_rng([self.seed, self.stage_]).permutation(
                 len(indices)
             )
             x, indices = x[order], indices[order]
-            logits, mask = logits[order], mask[order]
+            if packed:
+                old_logits, old_mask = self.memory.logit_targets(width)
+                logits = np.concatenate([logits, old_logits], axis=0)[order]
+                mask = np.concatenate([mask, old_mask], axis=0)[order]
         targets = encode_targets(indices, fmt, width)
-        if self.strategy.needs_logits:
-            # Logit replay reads the stored logits beside the labels; the
-            # loss installed for the stage unpacks them.
+        if packed:
             return x, (targets, logits, mask)
         return x, targets
 
