@@ -30,11 +30,6 @@ def finetune():
     return Strategy()
 
 
-def lwf():
-    """Learning without Forgetting: distillation only, no memory."""
-    return Combine(Distillation(), name="lwf")
-
-
 def icarl(nme=True):
     """iCaRL: herding exemplars, distillation and, with `nme`, the
     nearest-mean-of-exemplars classifier in `IncrementalModel.predict`."""
@@ -70,7 +65,7 @@ def default():
 NAMED = {
     "finetune": finetune,
     "replay": Replay,
-    "lwf": lwf,
+    "lwf": Distillation,
     "icarl": icarl,
     "ewc": EWC,
     "wa": wa,
