@@ -112,27 +112,49 @@ def test_distillation_loss_is_base_plus_weighted_term(digits):
     history = model.fit(
         xs,
         ys,
-        epochs=2,
+        epochs=6,
         batch_size=len(xs),
         verbose=0,
         callbacks=[inc, Capture()],
     )
-    # The second step, with the weights the first one changed: base loss
+    # The last step, with the weights the ones before changed: base loss
     # plus 0.7 * distillation from the previous stage's model.
     logits = seen["logits"]
     base = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
         ys, logits
     )
-    term = keras.distillation.LogitsDistillation(temperature=2.0).compute_loss(
-        teacher_logits, logits[:, :head_units]
-    )
+    term = _kl_at_temperature(teacher_logits, logits[:, :head_units], 2.0)
     expected = float(base) + 0.7 * float(term)
     assert float(term) > 0.01
-    np.testing.assert_allclose(history.history["loss"][1], expected, rtol=1e-5)
+    np.testing.assert_allclose(history.history["loss"][-1], expected, rtol=1e-5)
     # The teacher is not tracked by the model, during or after the stage
     # (growth replaces the head's kernel and bias, it adds none).
     assert seen["weights"] == count_before
     assert len(model.weights) == count_before
+
+
+def _kl_at_temperature(teacher, student, temperature):
+    """T**2 * KL(softmax(t / T) || softmax(s / T)), batch mean, in NumPy."""
+
+    def softmax(z):
+        e = np.exp(z / temperature - (z / temperature).max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p, q = softmax(teacher.astype("float64")), softmax(student)
+    kl = np.sum(p * np.log(p / q), axis=-1)
+    return temperature**2 * kl.mean()
+
+
+def test_distillation_term_is_a_divergence_of_softmaxes():
+    teacher = np.array([[5.0, -3.0, 1.0], [0.0, 2.0, -1.0]], "float32")
+    student = np.array([[-2.0, 4.0, 0.0], [1.0, 1.0, 1.0]], "float32")
+    strategy = Distillation(temperature=2.0)
+    term = strategy._distillation.compute_loss(teacher, student)
+    np.testing.assert_allclose(
+        float(term), _kl_at_temperature(teacher, student, 2.0), rtol=1e-5
+    )
+    same = strategy._distillation.compute_loss(teacher, teacher)
+    assert abs(float(same)) < 1e-6
 
 
 def test_teacher_is_not_in_the_saved_file(digits, tmp_path):

@@ -50,20 +50,29 @@ class Distillation(Strategy):
             )
         self.temperature = float(temperature)
         self.weight = float(weight)
+        # The loss as an object: given the default string, Keras 3.15 applies
+        # `kl_divergence` to the scaled logits themselves rather than to
+        # their softmax, which is not a divergence (and can go negative).
         self._distillation = keras.distillation.LogitsDistillation(
-            temperature=self.temperature
+            temperature=self.temperature, loss=keras.losses.KLDivergence()
         )
 
     def loss(self, context, x, y, y_pred):
-        if context.teacher is None or context.old_units == 0:
+        if context.teacher is None:
             return None
         head = context.head
         teacher = logits_of(head, context.teacher(x, training=False))
-        student = logits_of(head, y_pred)[..., : context.old_units]
+        # The teacher's width, read at run time: the same trace serves every
+        # later stage, with the teacher grown in place.
+        old_units = keras.ops.shape(teacher)[-1]
+        student = logits_of(head, y_pred)[..., :old_units]
         term = self._distillation.compute_loss(
             keras.ops.stop_gradient(teacher), student
         )
         return self.weight * term
+
+    def trace_signature(self, context):
+        return (context.teacher is None,)
 
     def get_config(self):
         return {"temperature": self.temperature, "weight": self.weight}
