@@ -10,6 +10,7 @@ module, and the tests that cover it, rather than the whole package.
 import contextlib
 
 import keras
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -47,6 +48,179 @@ def variable_scope_of(variable):
         if strategy is not None:
             return strategy.scope()
     return contextlib.nullcontext()
+
+
+def growable(variable):
+    """Whether `variable` can take a wider value in place (`grow_variable`)."""
+    value = getattr(variable, "_value", None)
+    shape = getattr(value, "shape", None)
+    return (
+        keras.backend.backend() == "tensorflow"
+        and shape is not None
+        and shape.rank is not None
+        and shape.rank > 0
+        and shape[-1] is None
+    )
+
+
+def grow_variable(variable, value):
+    """Gives `variable` a `value` that differs in its last dimension, in place.
+
+    The Keras variable object stays the same (its path, its place in layers,
+    optimizers and savers); on TensorFlow it is backed from then on by a
+    variable whose last dimension is free. TensorFlow traces a function
+    against the static shapes of the variables it reads; with that dimension
+    left free, a function traced before the growth stays valid after it, so
+    growing a head does not cost a retrace. The first call on a variable
+    replaces its backing variable; later ones only assign.
+
+    Args:
+        variable: A `keras.Variable`.
+        value: A NumPy array, the new value.
+
+    Returns:
+        Whether the variable was grown: `False` on backends other than
+        TensorFlow, where variables are replaced instead.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    backing = variable._value
+    if not growable(variable):
+        variable._value = _growable_tf_variable(backing, value)
+    elif _is_plain_tf_variable(backing):
+        # The raw op: `assign`'s checks and read-back cost several times
+        # the assignment itself, which is what growth is made of.
+        import tensorflow as tf
+
+        tf.raw_ops.AssignVariableOp(
+            resource=backing.handle,
+            value=np.asarray(value, backing.dtype.as_numpy_dtype),
+        )
+    else:  # Distributed: every replica takes the value.
+        backing.assign(value, read_value=False)
+    variable._shape = variable._validate_shape(value.shape)
+    return True
+
+
+def variable_numpy(variable):
+    """The value of a Keras `variable` as a NumPy array, read cheaply."""
+    backing = getattr(variable, "_value", None)
+    if keras.backend.backend() == "tensorflow" and _is_plain_tf_variable(
+        backing
+    ):
+        import tensorflow as tf
+
+        return tf.raw_ops.ReadVariableOp(
+            resource=backing.handle, dtype=backing.dtype
+        ).numpy()
+    return variable.numpy()
+
+
+def _is_plain_tf_variable(value):
+    import tensorflow as tf
+
+    # Not a distributed (mirrored, ...) variable, whose handle is one
+    # replica's only.
+    return (
+        isinstance(value, tf.Variable)
+        and getattr(value, "_distribute_strategy", None) is None
+    )
+
+
+def make_growable(variable):
+    """Backs `variable` by a TensorFlow variable with a free last dimension.
+
+    Returns:
+        Whether it is now growable (always `False` off TensorFlow).
+    """
+    if growable(variable):
+        return True
+    if keras.backend.backend() != "tensorflow":
+        return False
+    return grow_variable(variable, variable._value.read_value())
+
+
+def _growable_tf_variable(old, value):
+    import tensorflow as tf
+
+    strategy = getattr(old, "_distribute_strategy", None)
+    scope = contextlib.ExitStack()
+    scope.enter_context(tf.init_scope())
+    if strategy is not None:
+        # Mirrored like the variable it replaces, on the same devices.
+        scope.enter_context(strategy.scope())
+        scope.enter_context(strategy.extended.colocate_vars_with(old))
+    with scope:
+        shape = tf.TensorShape(old.shape[:-1]).concatenate([None])
+        return tf.Variable(
+            tf.cast(value, old.dtype),
+            shape=shape,
+            trainable=old.trainable,
+            name=old.name.split(":")[0].rpartition("/")[2],
+            aggregation=old.aggregation,
+            synchronization=old.synchronization,
+        )
+
+
+def state_width(outputs, units, free=False):
+    """States the last dimension of a growable head's `outputs`.
+
+    A growable head's variables have a free last dimension, and so have its
+    outputs in traced functions. Keras's shape inference
+    (`compute_output_spec`, which picks losses and metrics when the model is
+    first built) always gets `units`; traced functions get it unless `free`,
+    as some metrics size their state from it (`F1Score`). A function traced
+    with the width stated is only valid for that width.
+    """
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    if keras.backend.backend() != "tensorflow" or outputs.shape[-1] is not None:
+        return outputs
+    if not free or in_symbolic_scope():
+        outputs.set_shape(outputs.shape[:-1].concatenate([units]))
+    return outputs
+
+
+@contextlib.contextmanager
+def fixed_shapes(variables):
+    """Backs growable `variables` by fixed-shape copies for a while.
+
+    A SavedModel records each variable's shape, and Keras's `TFSMLayer`
+    refuses to load one with a free dimension; an export inside this context
+    records the shapes the variables have now. The growable variables are
+    put back afterwards (nothing trains in between, so their values hold).
+    """
+    swapped = []
+    try:
+        for variable in variables:
+            if not growable(variable):
+                continue
+            import tensorflow as tf
+
+            backing = variable._value
+            with tf.init_scope():
+                fixed = tf.Variable(
+                    backing.read_value(),
+                    trainable=backing.trainable,
+                    name=backing.name.split(":")[0].rpartition("/")[2],
+                )
+            variable._value = fixed
+            swapped.append((variable, backing))
+        yield
+    finally:
+        for variable, backing in swapped:
+            variable._value = backing
+
+
+def backend_variable_ids(variables):
+    """Identities of the backend objects behind Keras `variables`.
+
+    A traced function holds on to these: when one of them changed, the
+    function must be traced again. (A function kept for reuse keeps the
+    objects it captured alive, so their identities cannot be taken over by
+    new objects while it is kept.)
+    """
+    return tuple(id(getattr(v, "_value", v)) for v in variables)
 
 
 def optimizer_children(optimizer):
@@ -204,6 +378,25 @@ def compiled_metrics(model):
     if compile_metrics is None or not compile_metrics.built:
         return []
     return list(compile_metrics.metrics)
+
+
+def compile_identity(model):
+    """What `compile` set that a traced train step depends on: the
+    optimizer, loss and metric objects, `steps_per_execution`, `jit_compile`.
+    """
+    return (
+        id(model.optimizer),
+        id(getattr(model, "_compile_loss", None)),
+        id(getattr(model, "_compile_metrics", None)),
+        getattr(model, "steps_per_execution", 1),
+        getattr(model, "jit_compile", None),
+    )
+
+
+def compiled_metrics_built(model):
+    """Whether `compile`'s metrics have been built (by a first step)."""
+    compile_metrics = getattr(model, "_compile_metrics", None)
+    return compile_metrics is None or compile_metrics.built
 
 
 def reset_lazily_built_metric(metric):

@@ -133,7 +133,9 @@ def expand(
     strategy.
 
     Only the head's variables and their slots are touched, so the cost does
-    not depend on the size of the rest of the model.
+    not depend on the size of the rest of the model. On TensorFlow they grow
+    in place: the same variable objects, backed by TensorFlow variables whose
+    last dimension is free.
 
     A compiled metric whose state is sized by the number of classes is resized
     when it sizes itself on first use (`F1Score`, `FBetaScore`); any other
@@ -181,6 +183,8 @@ def expand(
     if n == 0:
         return head
 
+    was_empty = head.units == 0
+    traced = traced_variables(model)
     pairs = head.expand(
         n,
         kernel_initializer=kernel_initializer,
@@ -189,10 +193,28 @@ def expand(
     for optimizer, slots_by_variable in optimizer_plan:
         for old, new in pairs:
             _move_slots(optimizer, old, new, slots_by_variable.get(id(old), []))
-            compat.replace_trainable_variable(optimizer, old, new)
+            if new is not old:
+                compat.replace_trainable_variable(optimizer, old, new)
     _resize_metrics(resized_metrics, head)
-    compat.remake_compiled_functions(model)
+    # On TensorFlow the head and its slots grew in place. Functions traced
+    # with the head's width free (`IncrementalModel`'s stages) then stay
+    # valid, and a retrace costs far more than the growth; they are remade
+    # when a traced value changed: a width traced as stated, a head that had
+    # no units (its call skipped the product), a replaced variable, or a
+    # resized metric.
+    if was_empty or not head._free_width or traced_variables(model) != traced:
+        compat.remake_compiled_functions(model)
     return head
+
+
+def traced_variables(model):
+    """What a traced train step holds on to: identities of the backend
+    variables of the model, its metrics and its optimizer."""
+    variables = list(model.weights) + list(model.metrics_variables)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        variables += list(optimizer.variables)
+    return compat.backend_variable_ids(variables)
 
 
 def _optimizer_tree(optimizer):
@@ -250,15 +272,19 @@ def _slots_of(optimizer, variable):
 
 
 def _move_slots(optimizer, old, new, slots):
-    """Replaces each slot of `old` by one of `new`'s shape, values carried."""
-    old_width = old.shape[-1]
+    """Grows each slot of `old` to `new`'s shape, values carried.
+
+    A slot grows in place where the variable did (`new is old`), and is
+    replaced by a new variable otherwise.
+    """
     new_tail = None
     for slot, kind in slots:
-        old_value = ops.convert_to_numpy(slot.value)
+        old_width = slot.shape[-1]
+        old_value = compat.variable_numpy(slot)
         if kind in _VALUE_SLOTS:
             # An average of the variable starts from the variable's value.
             if new_tail is None:
-                new_tail = ops.convert_to_numpy(new.value)[..., old_width:]
+                new_tail = compat.variable_numpy(new)[..., old_width:]
             tail = new_tail.astype(old_value.dtype)
         else:
             tail = np.zeros(
@@ -266,6 +292,8 @@ def _move_slots(optimizer, old, new, slots):
                 dtype=old_value.dtype,
             )
         value = np.concatenate([old_value, tail], axis=-1)
+        if new is old and compat.grow_variable(slot, value):
+            continue
         new_slot = compat.new_optimizer_variable(optimizer, new, slot, value)
         compat.replace_optimizer_variable(optimizer, slot, new_slot)
 
@@ -294,6 +322,25 @@ def _plan_metrics(model, head):
                     " preserves the optimizer state), then grow."
                 )
     return resized
+
+
+def resize_lazy_metrics(model, head):
+    """Sizes the compiled metrics that size themselves on first use
+    (`F1Score`) for the head's current width, where they are not yet."""
+    if not head.units:
+        return
+    stale = [
+        metric
+        for metric in compat.compiled_metrics(model)
+        if compat.is_lazily_built_metric(metric)
+        and (
+            not metric.variables
+            or any(
+                v.shape and v.shape[-1] != head.units for v in metric.variables
+            )
+        )
+    ]
+    _resize_metrics(stale, head)
 
 
 def _resize_metrics(metrics, head):

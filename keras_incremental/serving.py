@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_incremental import compat
 from keras_incremental.files import open_mode
 
 SIGNATURE_NAME = "serving_default"
@@ -130,19 +131,23 @@ def export_for_serving(
     temporary = tempfile.mkdtemp(prefix=".partial-", dir=export_dir)
     open_mode(temporary, directory=True)
     try:
-        archive = keras.export.ExportArchive()
-        # Tracks the layers rather than the model: `track(model)` makes the
-        # export walk everything the model holds, its optimizer included,
-        # to find lookup tables, and serving needs none of the training
-        # state. The variables saved are those the endpoint uses.
-        for layer in model.layers:
-            archive.track(layer)
-        archive.add_endpoint(
-            SIGNATURE_NAME,
-            _serving_function(model, names, _ends_in_softmax(model)),
-            input_signature=[input_spec],
-        )
-        archive.write_out(temporary, verbose=False)
+        # A grown head's variables have a free last dimension; the export
+        # records the width they have now.
+        with compat.fixed_shapes(model.weights):
+            archive = keras.export.ExportArchive()
+            # Tracks the layers rather than the model: `track(model)` makes
+            # the export walk everything the model holds, its optimizer
+            # included, to find lookup tables, and serving needs none of the
+            # training state. The variables saved are those the endpoint
+            # uses.
+            for layer in model.layers:
+                archive.track(layer)
+            archive.add_endpoint(
+                SIGNATURE_NAME,
+                _serving_function(model, names, _ends_in_softmax(model)),
+                input_signature=[input_spec],
+            )
+            archive.write_out(temporary, verbose=False)
         if warmup is not None:
             _write_warmup(os.path.join(temporary, WARMUP_FILE), warmup)
         if os.path.lexists(target):

@@ -15,6 +15,8 @@ from keras_incremental.freezing import check_freeze_spec
 from keras_incremental.freezing import layers_to_freeze
 from keras_incremental.growth import expand
 from keras_incremental.growth import find_head
+from keras_incremental.growth import resize_lazy_metrics
+from keras_incremental.growth import traced_variables
 from keras_incremental.labels import LabelEncoder
 from keras_incremental.labels import labels_from_onehot
 from keras_incremental.learning_rates import base_learning_rate
@@ -156,6 +158,12 @@ class IncrementalModel(keras.callbacks.Callback):
         self._stage_data = None
         self._frozen = []
         self._groups = None
+        self._teacher = None
+        # The train and test functions of the last stage, with what they
+        # were traced against: the next stage reuses them when that is
+        # unchanged, rather than paying for a retrace.
+        self._stage_functions = None
+        self._trace_key = None
         if model is not None:
             find_head(model, head)
             self.set_model(model)
@@ -407,10 +415,15 @@ class IncrementalModel(keras.callbacks.Callback):
         _remove_loss(model)
         self._context = None
         head = find_head(model, self.head)
+        # The stage's functions see the head's width as free, so that they
+        # stay valid when it grows in place next stage; not before the
+        # compiled metrics are built, as some size themselves from it in the
+        # first traced step (the first stage is traced anew anyway).
+        head._free_width = compat.compiled_metrics_built(model)
         old_units = head.units
         teacher = None
         if self.strategy.needs_teacher and old_units > 0:
-            teacher = _frozen_copy(model)
+            teacher = self._refresh_teacher(model)
         missing = len(self.encoder.classes_) - head.units
         if missing > 0:
             expand(model, missing, layer=head)
@@ -434,6 +447,53 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         self.strategy.begin_stage(self._context)
         _install_loss(model, self.strategy, self._context)
+        # Metrics that size themselves inside the first traced step would
+        # see the free width: size them now.
+        resize_lazy_metrics(model, head)
+        self._use_stage_functions(model, head, teacher)
+
+    def _refresh_teacher(self, model):
+        """The teacher: the model as it is now, frozen, outside the model.
+
+        One copy serves the whole run: it grows with the model and takes its
+        weights at each stage, in place, so the stage's train function can
+        be reused. A new copy is made when the model's layout changed.
+        """
+        teacher = self._teacher
+        if teacher is not None:
+            teacher_head = find_head(teacher, self.head)
+            missing = find_head(model, self.head).units - teacher_head.units
+            if missing >= 0:
+                teacher_head.expand(missing)
+            weights = model.get_weights()
+            if [w.shape for w in weights] != [
+                tuple(v.shape) for v in teacher.weights
+            ]:
+                teacher = None
+            else:
+                teacher.set_weights(weights)
+        if teacher is None:
+            teacher = _frozen_copy(model)
+            find_head(teacher, self.head)._free_width = True
+        self._teacher = teacher
+        return teacher
+
+    def _use_stage_functions(self, model, head, teacher):
+        """Reuses the last stage's train and test functions where they are
+        still valid, and has them made anew otherwise."""
+        key = (
+            self.strategy.trace_signature(self._context),
+            head._free_width,
+            compat.compile_identity(model),
+            compat.backend_variable_ids(model.trainable_variables),
+            traced_variables(model),
+            compat.backend_variable_ids(teacher.weights) if teacher else (),
+        )
+        if self._stage_functions is not None and key == self._trace_key:
+            model.train_function, model.test_function = self._stage_functions
+            return
+        self._trace_key = key
+        self._stage_functions = None
         compat.remake_compiled_functions(model)
 
     def _apply_freezing(self, model, head):
@@ -490,6 +550,10 @@ class IncrementalModel(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         model = self.model
+        # Kept for the next stage; the model gets plain functions (traced
+        # with its width stated) for whatever runs in between.
+        self._stage_functions = (model.train_function, model.test_function)
+        find_head(model, self.head)._free_width = False
         _remove_loss(model)
         compat.remake_compiled_functions(model)
         context = self._context

@@ -73,6 +73,22 @@ class ExpandableDense(keras.layers.Dense):
         # the real count right after.
         super().__init__(max(units, 1), **kwargs)
         self.units = units
+        # Whether traced functions see the output width as free. A function
+        # traced with the width free stays valid when the head grows in
+        # place (no retrace); one traced with it stated must be remade.
+        # `IncrementalModel` frees it for the functions of its stages, which
+        # it keeps from stage to stage. Stated by default: some metrics
+        # (`F1Score`) size themselves from it inside the first traced step.
+        self._free_width = False
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.quantization_mode is None:
+            # Lets `expand` grow the kernel and bias in place, so that train
+            # and predict functions traced before a growth stay valid.
+            for variable in (self._kernel, self.bias):
+                if variable is not None:
+                    compat.make_growable(variable)
 
     def call(self, inputs, training=None):
         if self.units == 0:
@@ -80,7 +96,8 @@ class ExpandableDense(keras.layers.Dense):
             # product; an empty output needs no arithmetic.
             empty = ops.zeros_like(inputs[..., :0])
             return ops.cast(empty, self.compute_dtype)
-        return super().call(inputs, training=training)
+        outputs = super().call(inputs, training=training)
+        return compat.state_width(outputs, self.units, self._free_width)
 
     def quantize(self, mode=None, type_check=True, config=None):
         # `Dense.quantize` refuses subclasses because their `call` may differ;
@@ -92,9 +109,11 @@ class ExpandableDense(keras.layers.Dense):
     def expand(self, n, kernel_initializer=None, bias_initializer=None):
         """Adds `n` output units to the layer, in place.
 
-        The kernel and bias are replaced by variables of the new width, with
-        the same names and paths; their leading columns hold the old values
-        unchanged. On an unbuilt layer only `units` changes.
+        The kernel and bias take the new width with their leading columns
+        unchanged, and keep their names and paths. On TensorFlow they grow in
+        place (the same variables, so functions traced before stay valid);
+        on other backends they are replaced by new variables. On an unbuilt
+        layer only `units` changes.
 
         Args:
             n: Non-negative integer, the number of units to add.
@@ -105,8 +124,9 @@ class ExpandableDense(keras.layers.Dense):
 
         Returns:
             A list of `(old_variable, new_variable)` pairs, for the code that
-            must follow the change (an optimizer's slots, for instance);
-            empty when nothing was replaced.
+            must follow the change (an optimizer's slots, for instance): the
+            same object twice for a variable grown in place; empty when
+            nothing changed.
         """
         n = check_unit_count(n, "n", 0)
         self.check_expandable()
@@ -126,22 +146,24 @@ class ExpandableDense(keras.layers.Dense):
         old_kernel = self._kernel
         old_bias = self.bias
         # Growth runs eagerly, once per stage; NumPy keeps it to a handful of
-        # backend calls, which is what its cost is made of. The new columns
-        # are drawn as for a layer built with the new width, so that
-        # fan-based initializers scale them like the rest.
-        fresh = ops.convert_to_numpy(
-            kernel_initializer(
-                (old_kernel.shape[0], units), dtype=old_kernel.dtype
-            )
-        )
+        # backend calls, which is what its cost is made of.
         new_kernel_value = np.concatenate(
-            [ops.convert_to_numpy(old_kernel.value), fresh[:, self.units :]],
+            [
+                compat.variable_numpy(old_kernel),
+                _new_columns(
+                    kernel_initializer,
+                    old_kernel.shape[0],
+                    self.units,
+                    n,
+                    old_kernel.dtype,
+                ),
+            ],
             axis=-1,
         )
         if old_bias is not None:
             new_bias_value = np.concatenate(
                 [
-                    ops.convert_to_numpy(old_bias.value),
+                    compat.variable_numpy(old_bias),
                     ops.convert_to_numpy(
                         bias_initializer((n,), dtype=old_bias.dtype)
                     ),
@@ -149,6 +171,16 @@ class ExpandableDense(keras.layers.Dense):
                 axis=-1,
             )
 
+        if all(
+            compat.growable(v) for v in (old_kernel, old_bias) if v is not None
+        ):
+            compat.grow_variable(old_kernel, new_kernel_value)
+            pairs = [(old_kernel, old_kernel)]
+            if old_bias is not None:
+                compat.grow_variable(old_bias, new_bias_value)
+                pairs.append((old_bias, old_bias))
+            self.units = units
+            return pairs
         with (
             compat.variable_scope_of(old_kernel),
             compat.unlocked_tracker(self),
@@ -205,3 +237,15 @@ class ExpandableDense(keras.layers.Dense):
             regularizer=regularizer,
             constraint=constraint,
         )
+
+
+def _new_columns(initializer, rows, units, n, dtype):
+    """`n` kernel columns, drawn as for a layer built `units + n` wide.
+
+    Fan-based initializers (`glorot_uniform`, `he_normal`, ...) scale their
+    draw by the kernel's shape, and a seeded one gives the same draw for the
+    same shape: drawing the whole grown kernel and keeping its last columns
+    gives new columns scaled like the rest, and unlike the ones before.
+    """
+    full = initializer((rows, units + n), dtype=dtype)
+    return ops.convert_to_numpy(full)[:, units:]

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 
+from keras_incremental import compat
 from keras_incremental.strategies.strategy import Strategy
 
 
@@ -41,8 +42,8 @@ class BalancedLoss(Strategy):
         self._weights = None
 
     def begin_stage(self, context):
-        self._weights = None
         if context.labels is None:
+            self._weights = None
             return
         labels = [np.asarray(context.labels)]
         if context.replayed is not None:
@@ -54,14 +55,23 @@ class BalancedLoss(Strategy):
         weights[present] = (
             labels.size / (present.sum() * counts[present])
         ) ** self.power
-        self._weights = weights
+        # Held in a variable that grows in place, so that the stage's train
+        # function reads this stage's weights and can serve the next one.
+        if self._weights is None or not compat.grow_variable(
+            self._weights, weights
+        ):
+            self._weights = keras.Variable(
+                weights, trainable=False, name="class_weights"
+            )
+            compat.make_growable(self._weights)
 
     def weigh(self, context, labels, sample_weight):
         if self._weights is None:
             return sample_weight
         ops = keras.ops
         weights = ops.convert_to_tensor(self._weights)
-        if len(labels.shape) > 1 and labels.shape[-1] == weights.shape[0]:
+        width = self._weights.shape[0]
+        if len(labels.shape) > 1 and labels.shape[-1] == width:
             per_sample = ops.matmul(ops.cast(labels, "float32"), weights)
         else:
             flat = ops.reshape(ops.cast(labels, "int32"), (-1,))
@@ -69,6 +79,11 @@ class BalancedLoss(Strategy):
         if sample_weight is None:
             return per_sample
         return per_sample * ops.cast(sample_weight, "float32")
+
+    def trace_signature(self, context):
+        if self._weights is None:
+            return (None,)
+        return compat.backend_variable_ids([self._weights])
 
     def get_config(self):
         return {"power": self.power}

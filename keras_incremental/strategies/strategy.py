@@ -107,6 +107,27 @@ class Strategy:
         """
         return sample_weight
 
+    def trace_signature(self, context):
+        """What the traced `loss` and `weigh` take from Python for a stage.
+
+        `IncrementalModel` keeps a stage's train function for the next stage
+        when the signatures of both stages are equal, so everything that
+        `loss` and `weigh` read at trace time and that changes from stage to
+        stage must be in it (or be read from variables). The default is safe:
+        the stage number for a strategy with its own `loss` or `weigh` (so a
+        new trace each stage), nothing for one without.
+
+        Args:
+            context: The stage's `StageContext`.
+
+        Returns:
+            A hashable value.
+        """
+        base = Strategy
+        if type(self).loss is base.loss and type(self).weigh is base.weigh:
+            return ()
+        return (context.stage,)
+
     def end_stage(self, context):
         """Called after the stage's last step, before the memory update.
 
@@ -214,6 +235,9 @@ class Combine(Strategy):
         for part in self._parts:
             sample_weight = part.weigh(context, labels, sample_weight)
         return sample_weight
+
+    def trace_signature(self, context):
+        return tuple(p.trace_signature(context) for p in self._parts)
 
     def end_stage(self, context):
         for part in self._parts:
