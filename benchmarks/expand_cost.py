@@ -4,7 +4,8 @@ On a 20M-parameter MLP (784-4096-4096-10, Adam, trained one step) this times,
 in one process:
 
 - `keras_incremental.expand(model, 2)`: the head grows in place, the optimizer
-  state and compiled functions follow;
+  state and compiled functions follow (the median of 20 growths, and the
+  first growth of the model on its own);
 - the manual way users take today: build a model with a 12-unit head, copy the
   weights over, `compile`; once from the model in memory and once through a
   saved `.keras` file;
@@ -121,6 +122,9 @@ def main(argv=None):
 
     model = trained(expandable=True)
     params = model.count_params()
+    # The first growth of a model also gives the optimizer's slots for the
+    # head a free last dimension (new variables); later ones assign.
+    first_s = timed(lambda: ki.expand(model, GROWTH), 1)
     expand_s = timed(lambda: ki.expand(model, GROWTH), args.repeats * 4)
     # The grown model still trains, with no compile.
     x = np.random.default_rng(2).random((32, FEATURES), dtype="float32")
@@ -139,6 +143,7 @@ def main(argv=None):
     results = {
         "parameters": params,
         "expand_seconds": expand_s,
+        "expand_first_seconds": first_s,
         "rebuild_in_memory_seconds": rebuild_s,
         "rebuild_through_file_seconds": file_s,
         "speedup_vs_rebuild_in_memory": rebuild_s / expand_s,
@@ -155,7 +160,8 @@ def main(argv=None):
     }
     rows = [
         ("parameters", f"{params:,}"),
-        ("expand(model, 2)", f"{expand_s * 1e3:.2f} ms"),
+        ("expand(model, 2), median", f"{expand_s * 1e3:.2f} ms"),
+        ("expand(model, 2), first growth", f"{first_s * 1e3:.2f} ms"),
         ("rebuild + copy + compile (memory)", f"{rebuild_s * 1e3:.1f} ms"),
         ("rebuild through a .keras file", f"{file_s * 1e3:.1f} ms"),
         ("speedup vs memory rebuild (>= 100)", f"{rebuild_s / expand_s:.0f}x"),

@@ -122,6 +122,33 @@ def test_contract_loop_with_tf_data(digits):
     assert correct[np.isin(yt, [2, 3])].mean() > 0.6
 
 
+def test_tf_data_batches_each_get_exemplars(digits):
+    x, y, _, _ = digits
+    model = make_model()
+    inc = ki.IncrementalModel(model=model, memory_size=40, strategy="replay")
+    xs, ys = stage(x, y, [0, 1])
+    dataset = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(16)
+    first, _ = inc.prepare(dataset)
+    model.fit(first, epochs=1, verbose=0, callbacks=[inc])
+    exemplars = {row.tobytes() for row in inc.memory.samples()[0]}
+
+    xs, ys = stage(x, y, [2, 3])
+    dataset = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(16)
+    prepared, _ = inc.prepare(dataset)
+    batches = -(-len(ys) // 16)
+    per_batch = -(-40 // batches)
+    assert prepared.cardinality() == batches
+    for _ in range(2):  # every epoch
+        seen = set()
+        for bx, by in prepared:
+            old = np.isin(by.numpy(), [0, 1])
+            assert old.sum() == per_batch  # appended to every batch
+            seen.update(row.tobytes() for row in bx.numpy()[old])
+        assert seen == exemplars  # each exemplar at least once an epoch
+    model.fit(prepared, epochs=1, verbose=0, callbacks=[inc])
+    assert model.get_layer("head").units == 4
+
+
 def test_old_logits_unchanged_right_after_growth(digits):
     x, y, _, _ = digits
     model = make_model()

@@ -157,6 +157,21 @@ def test_distillation_term_is_a_divergence_of_softmaxes():
     assert abs(float(same)) < 1e-6
 
 
+def test_label_smoothing_term_is_cross_entropy_to_uniform():
+    logits = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], "float32")
+    head = ki.ExpandableDense(3)
+    context = strategies.StageContext(
+        model=None, head=head, stage=1, old_units=2
+    )
+    term = strategies.LabelSmoothing(0.2).loss(context, None, None, logits)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    expected = 0.2 * np.mean(-log_softmax.mean(-1))
+    np.testing.assert_allclose(float(term), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="epsilon"):
+        strategies.LabelSmoothing(1.5)
+
+
 def test_teacher_is_not_in_the_saved_file(digits, tmp_path):
     path = tmp_path / "run.keras"
     model, _ = run(digits, "lwf", memory_size=0, epochs=1, checkpoint=str(path))

@@ -373,30 +373,21 @@ class IncrementalModel(keras.callbacks.Callback):
             replay = tf.data.Dataset.from_tensor_slices(
                 (x_old.astype(x_dtype), encode_targets(y_old, fmt, width))
             ).shuffle(len(y_old), seed=self.seed + self.stage_)
-            spec = dataset.element_spec[0]
-            batch = None
-            if spec.shape.rank == x_old.ndim:
-                batch = next(iter(dataset))[0].shape[0]
-                prepared = prepared.unbatch()
-            # Mix the exemplars into the stage sample by sample, at random,
-            # so that every batch holds old and new classes (and the last
-            # steps of an epoch are not all old classes).
-            samples = len(labels) + len(y_old)
-            prepared = tf.data.Dataset.sample_from_datasets(
-                [prepared, replay],
-                weights=[float(len(labels)), float(len(y_old))],
-                seed=self.seed + self.stage_,
-                stop_on_empty_dataset=False,
-            )
-            if batch is not None:
-                prepared = prepared.batch(batch)
-                samples = -(-samples // batch)
-            # Every element of both comes out once; saying how many lets
-            # `fit` count its steps (with `steps_per_execution` > 1 it
-            # would otherwise drop an epoch's last partial execution).
-            prepared = prepared.apply(
-                tf.data.experimental.assert_cardinality(samples)
-            )
+            if dataset.element_spec[0].shape.rank == x_old.ndim:
+                prepared = _append_replay(prepared, replay, len(batches))
+            else:
+                # Unbatched: the exemplars are interleaved at random, so that
+                # the last steps of an epoch are not all old classes.
+                prepared = tf.data.Dataset.sample_from_datasets(
+                    [prepared, replay],
+                    weights=[float(len(labels)), float(len(y_old))],
+                    seed=self.seed + self.stage_,
+                    stop_on_empty_dataset=False,
+                ).apply(
+                    tf.data.experimental.assert_cardinality(
+                        len(labels) + len(y_old)
+                    )
+                )
         return prepared
 
     def _check_options(self, model):
@@ -804,6 +795,35 @@ def _check_path(path, argument, suffix=None):
             f"Received: {argument}='{path}'"
         )
     return path
+
+
+def _append_replay(batches, replay, count):
+    """Appends exemplars to each of the `count` batches of a stage.
+
+    Every batch gets `ceil(exemplars / count)` of them, drawn in a new order
+    each epoch, so each exemplar is replayed at least once an epoch and every
+    step sees old classes as well as new ones (the replay batches of
+    experience replay). Working batch by batch keeps the pipeline's cost to
+    a few operations a step.
+    """
+    size = len(replay)
+    per_batch = -(-size // count)
+    extra = replay.repeat().batch(per_batch)
+
+    def append(new, old):
+        return tuple(
+            tf.concat([a, tf.cast(b, a.dtype)], axis=0)
+            for a, b in zip(new, old, strict=True)
+        )
+
+    # Saying how many batches there are lets `fit` count its steps (with
+    # `steps_per_execution` > 1 it would otherwise drop an epoch's last
+    # partial execution).
+    return (
+        tf.data.Dataset.zip((batches, extra))
+        .map(append)
+        .apply(tf.data.experimental.assert_cardinality(count))
+    )
 
 
 def _frozen_copy(model):

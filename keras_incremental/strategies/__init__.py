@@ -9,13 +9,14 @@
 | `"ewc"` | `EWC()`: elastic weight consolidation |
 | `"wa"` | replay + distillation + `WeightAligning()` |
 | `"der++"` | replay + `LogitReplay()`: dark experience replay |
-| `"default"` | replay + `BalancedLoss()` + distillation + weight aligning |
+| `"default"` | replay, balanced loss, distillation, WA, label smoothing |
 """
 
 from keras_incremental.strategies.asymmetric_loss import AsymmetricLoss
 from keras_incremental.strategies.balanced_loss import BalancedLoss
 from keras_incremental.strategies.distillation import Distillation
 from keras_incremental.strategies.ewc import EWC
+from keras_incremental.strategies.label_smoothing import LabelSmoothing
 from keras_incremental.strategies.logit_replay import LogitReplay
 from keras_incremental.strategies.nearest_mean import NearestMeanOfExemplars
 from keras_incremental.strategies.replay import Replay
@@ -52,12 +53,14 @@ def der_plus_plus():
 def default():
     """The best combination measured on the benchmark (see
     `benchmarks/RESULTS.md`): replay with a class-balanced loss,
-    distillation from the previous stage, and weight aligning of the head."""
+    distillation from the previous stage, weight aligning of the head, and
+    label smoothing."""
     return Combine(
         Replay(),
         BalancedLoss(),
         Distillation(),
         WeightAligning(),
+        LabelSmoothing(0.1),
         name="default",
     )
 
@@ -83,6 +86,7 @@ PARTS = {
         Distillation,
         EWC,
         WeightAligning,
+        LabelSmoothing,
         LogitReplay,
         NearestMeanOfExemplars,
     )
@@ -153,6 +157,7 @@ __all__ = [
     "Combine",
     "Distillation",
     "EWC",
+    "LabelSmoothing",
     "LogitReplay",
     "NAMED",
     "NearestMeanOfExemplars",
