@@ -181,6 +181,24 @@ def state_width(outputs, units, free=False):
     return outputs
 
 
+def guarded_product(product, inputs, kernel, dtype):
+    """`product()`, or an empty output while `kernel` has no columns.
+
+    Decided when the function runs, not when it is traced, so that one
+    trace serves a head (a teacher's, at the first stage) before and after
+    it gains units; TensorFlow's oneDNN matmul aborts the process on a
+    zero-width product, so that one is never computed.
+    """
+    import tensorflow as tf
+
+    def empty():
+        shape = tf.concat([tf.shape(inputs)[:-1], [0]], axis=0)
+        return tf.zeros(shape, dtype=dtype)
+
+    width = tf.shape(kernel.value)[-1]
+    return tf.cond(width > 0, product, empty)
+
+
 @contextlib.contextmanager
 def fixed_shapes(variables):
     """Backs growable `variables` by fixed-shape copies for a while.
@@ -393,10 +411,37 @@ def compile_identity(model):
     )
 
 
-def compiled_metrics_built(model):
-    """Whether `compile`'s metrics have been built (by a first step)."""
+def compiled_metrics_allow_free_width(model):
+    """Whether `compile`'s metrics work with a head of free width.
+
+    Built metrics do (those that size themselves are sized beforehand).
+    Unbuilt ones are built inside the first traced step, and some size
+    their state from the width seen there (`F1Score`); they are trusted only
+    when each is a mean of per-sample values (`accuracy` and the like).
+    """
     compile_metrics = getattr(model, "_compile_metrics", None)
-    return compile_metrics is None or compile_metrics.built
+    if compile_metrics is None or compile_metrics.built:
+        return True
+    specs = keras.tree.flatten(
+        [compile_metrics._user_metrics, compile_metrics._user_weighted_metrics]
+    )
+    return all(_mean_of_samples(spec) for spec in specs if spec is not None)
+
+
+def _mean_of_samples(spec):
+    if isinstance(spec, str):
+        if spec in ("accuracy", "acc", "crossentropy", "ce"):
+            return True
+        try:
+            spec = keras.metrics.get(spec)
+        except ValueError:
+            return False
+    wrapper = keras.metrics.MeanMetricWrapper
+    if isinstance(spec, type):
+        return issubclass(spec, wrapper)
+    return isinstance(spec, wrapper) or (
+        callable(spec) and not isinstance(spec, keras.metrics.Metric)
+    )
 
 
 def reset_lazily_built_metric(metric):

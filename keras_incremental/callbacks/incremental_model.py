@@ -407,14 +407,21 @@ class IncrementalModel(keras.callbacks.Callback):
         self._context = None
         head = find_head(model, self.head)
         # The stage's functions see the head's width as free, so that they
-        # stay valid when it grows in place next stage; not before the
-        # compiled metrics are built, as some size themselves from it in the
-        # first traced step (the first stage is traced anew anyway).
-        head._free_width = compat.compiled_metrics_built(model)
+        # stay valid when it grows in place next stage; unless a compiled
+        # metric still to be built might size itself from it.
+        head._free_width = compat.compiled_metrics_allow_free_width(model)
         old_units = head.units
         teacher = None
-        if self.strategy.needs_teacher and old_units > 0:
+        if self.strategy.needs_teacher:
+            # At the first stage too, with no class yet: its outputs are
+            # empty, and the stage's train function then serves later ones.
             teacher = self._refresh_teacher(model)
+        optimizer = model.optimizer
+        if optimizer is not None and not optimizer.built:
+            # Built now, not in the first traced step: its slots for the
+            # head then grow with it, in place, before anything is traced.
+            with compat.variable_scope_of(head.kernel):
+                optimizer.build(model.trainable_variables)
         missing = len(self.encoder.classes_) - head.units
         if missing > 0:
             expand(model, missing, layer=head)
@@ -469,10 +476,9 @@ class IncrementalModel(keras.callbacks.Callback):
         self._teacher = teacher
         return teacher
 
-    def _use_stage_functions(self, model, head, teacher):
-        """Reuses the last stage's train and test functions where they are
-        still valid, and has them made anew otherwise."""
-        key = (
+    def _stage_key(self, model, head, teacher):
+        """What the stage's train function is traced against."""
+        return (
             self.strategy.trace_signature(self._context),
             head._free_width,
             compat.compile_identity(model),
@@ -480,10 +486,14 @@ class IncrementalModel(keras.callbacks.Callback):
             traced_variables(model),
             compat.backend_variable_ids(teacher.weights) if teacher else (),
         )
+
+    def _use_stage_functions(self, model, head, teacher):
+        """Reuses the last stage's train and test functions where they are
+        still valid, and has them made anew otherwise."""
+        key = self._stage_key(model, head, teacher)
         if self._stage_functions is not None and key == self._trace_key:
             model.train_function, model.test_function = self._stage_functions
             return
-        self._trace_key = key
         self._stage_functions = None
         compat.remake_compiled_functions(model)
 
@@ -541,10 +551,16 @@ class IncrementalModel(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         model = self.model
-        # Kept for the next stage; the model gets plain functions (traced
-        # with its width stated) for whatever runs in between.
-        self._stage_functions = (model.train_function, model.test_function)
-        find_head(model, self.head)._free_width = False
+        # Kept for the next stage, with what they were traced against (the
+        # metric variables the first step made included); the model gets
+        # plain functions (traced with its width stated) in between.
+        head = find_head(model, self.head)
+        if self._context is not None:
+            self._trace_key = self._stage_key(
+                model, head, self._context.teacher
+            )
+            self._stage_functions = (model.train_function, model.test_function)
+        head._free_width = False
         _remove_loss(model)
         compat.remake_compiled_functions(model)
         context = self._context

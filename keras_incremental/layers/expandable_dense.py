@@ -91,6 +91,19 @@ class ExpandableDense(keras.layers.Dense):
                     compat.make_growable(variable)
 
     def call(self, inputs, training=None):
+        if self.units == 0 and self._free_width and compat.growable(
+            self._kernel
+        ):
+            # A trace that must also serve once the layer has units (a
+            # teacher's head at the first stage): decided at run time.
+            return compat.guarded_product(
+                lambda: super(ExpandableDense, self).call(
+                    inputs, training=training
+                ),
+                inputs,
+                self._kernel,
+                self.compute_dtype,
+            )
         if self.units == 0:
             # TensorFlow's oneDNN matmul aborts the process on a zero-width
             # product; an empty output needs no arithmetic.
@@ -239,13 +252,63 @@ class ExpandableDense(keras.layers.Dense):
         )
 
 
-def _new_columns(initializer, rows, units, n, dtype):
-    """`n` kernel columns, drawn as for a layer built `units + n` wide.
 
-    Fan-based initializers (`glorot_uniform`, `he_normal`, ...) scale their
-    draw by the kernel's shape, and a seeded one gives the same draw for the
-    same shape: drawing the whole grown kernel and keeping its last columns
-    gives new columns scaled like the rest, and unlike the ones before.
+def _new_columns(initializer, rows, units, n, dtype):
+    """`n` new kernel columns for a kernel growing from `units` columns.
+
+    Drawn from the distribution the initializer gives a kernel of the grown
+    shape: fan-based initializers (`glorot_uniform`, `he_normal`, ...) get
+    the scale of the grown kernel, so the new columns are like the rest.
+    Only the new columns are drawn where the distribution allows it (a
+    `VarianceScaling` with its scale adjusted, the plain random and constant
+    initializers), which is most of the cost of growth; a seeded one gets a
+    seed of its own for each growth, so new columns never repeat earlier
+    ones. Other initializers (`Orthogonal`, callables) draw the whole grown
+    kernel and give its last columns.
     """
+    narrow = _narrow_initializer(initializer, rows, units, n)
+    if narrow is not None:
+        return ops.convert_to_numpy(narrow((rows, n), dtype=dtype))
     full = initializer((rows, units + n), dtype=dtype)
     return ops.convert_to_numpy(full)[:, units:]
+
+
+def _narrow_initializer(initializer, rows, units, n):
+    """An initializer drawing only the new columns, or `None`."""
+    seed = getattr(initializer, "seed", None)
+    if isinstance(seed, int):
+        # A seeded initializer repeats its draw for a repeated shape.
+        seed = (seed * 1_000_003 + units) % (2**31 - 1)
+    if isinstance(initializer, initializers.VarianceScaling):
+        if (
+            getattr(initializer, "input_axes", None) is not None
+            or getattr(initializer, "output_axes", None) is not None
+        ):
+            return None
+        fan_in, fan_out = rows, units + n
+        ratio = {
+            "fan_in": 1.0,
+            "fan_out": n / fan_out,
+            "fan_avg": (fan_in + n) / (fan_in + fan_out),
+        }[initializer.mode]
+        return initializers.VarianceScaling(
+            scale=initializer.scale * ratio,
+            mode=initializer.mode,
+            distribution=initializer.distribution,
+            seed=seed,
+        )
+    plain = (
+        initializers.RandomNormal,
+        initializers.RandomUniform,
+        initializers.TruncatedNormal,
+    )
+    if type(initializer) in plain:
+        return type(initializer).from_config(
+            {**initializer.get_config(), "seed": seed}
+        )
+    if isinstance(
+        initializer,
+        (initializers.Zeros, initializers.Ones, initializers.Constant),
+    ):
+        return initializer
+    return None

@@ -70,8 +70,9 @@ class BalancedLoss(Strategy):
             return sample_weight
         ops = keras.ops
         weights = ops.convert_to_tensor(self._weights)
-        width = self._weights.shape[0]
-        if len(labels.shape) > 1 and labels.shape[-1] == width:
+        # One-hot rows (their width may be unknown in a trace that serves
+        # several stages), or class indices of shape (batch,) or (batch, 1).
+        if len(labels.shape) > 1 and labels.shape[-1] != 1:
             per_sample = ops.matmul(ops.cast(labels, "float32"), weights)
         else:
             flat = ops.reshape(ops.cast(labels, "int32"), (-1,))

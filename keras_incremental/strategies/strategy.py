@@ -15,9 +15,11 @@ class StageContext:
         stage: The stage number, 0 for the first.
         old_units: Output units before this stage's growth (the classes of
             earlier stages).
-        teacher: A frozen copy of the model as it ended the previous stage,
-            or `None` (first stage, or no part asked for one). It is never an
-            attribute of the model: it is not tracked or saved with it.
+        teacher: A frozen copy of the model as it ended the previous stage
+            (at the first stage, as it started: its head has no units and
+            its outputs have width 0), or `None` when no part asked for one
+            (`needs_teacher`). It is never an attribute of the model: it is
+            not tracked or saved with it.
         memory: The `ExemplarMemory` of the run.
         data: The stage's own samples, `(x, class_indices)` NumPy arrays, or
             `None` when the stage came as a `tf.data.Dataset`.
