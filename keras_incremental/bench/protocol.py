@@ -57,7 +57,7 @@ def run(
     memory_size=200,
     epochs=5,
     batch_size=32,
-    steps_per_execution=8,
+    steps_per_execution=32,
     on_stage=None,
 ):
     """Runs one method through the protocol and measures it.
@@ -76,7 +76,7 @@ def run(
         epochs: Epochs per stage.
         batch_size: Batch size.
         steps_per_execution: Train steps per call into the compiled
-            function, for the methods of this package. Defaults to `8`.
+            function, for the methods of this package. Defaults to `32`.
         on_stage: Optional callable `(stage, row, overall)` called after
             each stage's evaluation.
 
