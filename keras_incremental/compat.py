@@ -156,10 +156,15 @@ def _growable_tf_variable(old, value):
             tf.cast(value, old.dtype),
             shape=shape,
             trainable=old.trainable,
-            name=old.name.split(":")[0].rpartition("/")[2],
+            name=_short_name(old),
             aggregation=old.aggregation,
             synchronization=old.synchronization,
         )
+
+
+def _short_name(tf_variable):
+    """A TensorFlow variable's own name, without scopes and output index."""
+    return tf_variable.name.split(":")[0].rpartition("/")[2]
 
 
 def state_width(outputs, units, free=False):
@@ -220,7 +225,7 @@ def fixed_shapes(variables):
                 fixed = tf.Variable(
                     backing.read_value(),
                     trainable=backing.trainable,
-                    name=backing.name.split(":")[0].rpartition("/")[2],
+                    name=_short_name(backing),
                 )
             variable._value = fixed
             swapped.append((variable, backing))
