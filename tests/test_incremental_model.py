@@ -111,15 +111,17 @@ def test_contract_loop_with_tf_data(digits):
         dataset = tf.data.Dataset.from_tensor_slices((xs, NAMES[ys])).batch(16)
         prepared, none = inc.prepare(dataset)
         assert none is None
-        model.fit(prepared, epochs=2, verbose=0, callbacks=[inc])
+        model.fit(prepared, epochs=4, verbose=0, callbacks=[inc])
     assert inc.classes_ == ["one", "zero", "three", "two"]
     assert model.get_layer("head").units == 4
     assert len(inc.memory) == 40
     xt, yt = stage(x_test, y_test, [0, 1, 2, 3])
     predicted = inc.decode(model.predict(xt, verbose=0).argmax(-1))
     correct = np.asarray(predicted) == NAMES[yt]
-    assert correct.mean() > 0.4  # chance: 0.25
-    assert correct[np.isin(yt, [2, 3])].mean() > 0.6
+    # Chance: 0.25. Over seeds 0-5 this gave 0.92-0.96, and 0.87-0.93 on
+    # the new classes (2 epochs a stage was too few: 0.40-0.86).
+    assert correct.mean() > 0.8
+    assert correct[np.isin(yt, [2, 3])].mean() > 0.75
 
 
 def test_tf_data_batches_each_get_exemplars(digits):

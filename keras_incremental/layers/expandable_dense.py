@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_incremental import compat
 from keras_incremental.checks import check_unit_count
+from keras_incremental.layers.new_units import new_units_value
 
 
 @keras.saving.register_keras_serializable(package="keras_incremental")
@@ -91,8 +92,10 @@ class ExpandableDense(keras.layers.Dense):
                     compat.make_growable(variable)
 
     def call(self, inputs, training=None):
-        if self.units == 0 and self._free_width and compat.growable(
-            self._kernel
+        if (
+            self.units == 0
+            and self._free_width
+            and compat.growable(self._kernel)
         ):
             # A trace that must also serve once the layer has units (a
             # teacher's head at the first stage): decided at run time.
@@ -160,28 +163,12 @@ class ExpandableDense(keras.layers.Dense):
         old_bias = self.bias
         # Growth runs eagerly, once per stage; NumPy keeps it to a handful of
         # backend calls, which is what its cost is made of.
-        new_kernel_value = np.concatenate(
-            [
-                compat.variable_numpy(old_kernel),
-                _new_columns(
-                    kernel_initializer,
-                    old_kernel.shape[0],
-                    self.units,
-                    n,
-                    old_kernel.dtype,
-                ),
-            ],
-            axis=-1,
+        new_kernel_value = _grown_value(
+            old_kernel, kernel_initializer, self.units, units
         )
         if old_bias is not None:
-            new_bias_value = np.concatenate(
-                [
-                    compat.variable_numpy(old_bias),
-                    ops.convert_to_numpy(
-                        bias_initializer((n,), dtype=old_bias.dtype)
-                    ),
-                ],
-                axis=-1,
+            new_bias_value = _grown_value(
+                old_bias, bias_initializer, self.units, units
             )
 
         if all(
@@ -252,63 +239,13 @@ class ExpandableDense(keras.layers.Dense):
         )
 
 
-
-def _new_columns(initializer, rows, units, n, dtype):
-    """`n` new kernel columns for a kernel growing from `units` columns.
-
-    Drawn from the distribution the initializer gives a kernel of the grown
-    shape: fan-based initializers (`glorot_uniform`, `he_normal`, ...) get
-    the scale of the grown kernel, so the new columns are like the rest.
-    Only the new columns are drawn where the distribution allows it (a
-    `VarianceScaling` with its scale adjusted, the plain random and constant
-    initializers), which is most of the cost of growth; a seeded one gets a
-    seed of its own for each growth, so new columns never repeat earlier
-    ones. Other initializers (`Orthogonal`, callables) draw the whole grown
-    kernel and give its last columns.
-    """
-    narrow = _narrow_initializer(initializer, rows, units, n)
-    if narrow is not None:
-        return ops.convert_to_numpy(narrow((rows, n), dtype=dtype))
-    full = initializer((rows, units + n), dtype=dtype)
-    return ops.convert_to_numpy(full)[:, units:]
-
-
-def _narrow_initializer(initializer, rows, units, n):
-    """An initializer drawing only the new columns, or `None`."""
-    seed = getattr(initializer, "seed", None)
-    if isinstance(seed, int):
-        # A seeded initializer repeats its draw for a repeated shape.
-        seed = (seed * 1_000_003 + units) % (2**31 - 1)
-    if isinstance(initializer, initializers.VarianceScaling):
-        if (
-            getattr(initializer, "input_axes", None) is not None
-            or getattr(initializer, "output_axes", None) is not None
-        ):
-            return None
-        fan_in, fan_out = rows, units + n
-        ratio = {
-            "fan_in": 1.0,
-            "fan_out": n / fan_out,
-            "fan_avg": (fan_in + n) / (fan_in + fan_out),
-        }[initializer.mode]
-        return initializers.VarianceScaling(
-            scale=initializer.scale * ratio,
-            mode=initializer.mode,
-            distribution=initializer.distribution,
-            seed=seed,
-        )
-    plain = (
-        initializers.RandomNormal,
-        initializers.RandomUniform,
-        initializers.TruncatedNormal,
+def _grown_value(variable, initializer, units, grown_units):
+    """`variable`'s value with new units from `initializer` appended."""
+    old = compat.variable_numpy(variable)
+    shape = old.shape[:-1] + (grown_units,)
+    value = np.empty(shape, dtype=old.dtype)
+    value[..., :units] = old
+    value[..., units:] = new_units_value(
+        initializer, shape, units, variable.dtype
     )
-    if type(initializer) in plain:
-        return type(initializer).from_config(
-            {**initializer.get_config(), "seed": seed}
-        )
-    if isinstance(
-        initializer,
-        (initializers.Zeros, initializers.Ones, initializers.Constant),
-    ):
-        return initializer
-    return None
+    return value
