@@ -103,16 +103,23 @@ def grow_variable(variable, value):
 
 
 def variable_numpy(variable):
-    """The value of a Keras `variable` as a NumPy array, read cheaply."""
+    """The value of a Keras `variable` as a NumPy array, read cheaply.
+
+    On TensorFlow the array is a read-only view of a snapshot of the value
+    (later updates of the variable do not reach it): `numpy()` would copy it
+    once more.
+    """
     backing = getattr(variable, "_value", None)
     if keras.backend.backend() == "tensorflow" and _is_plain_tf_variable(
         backing
     ):
         import tensorflow as tf
 
-        return tf.raw_ops.ReadVariableOp(
+        value = tf.raw_ops.ReadVariableOp(
             resource=backing.handle, dtype=backing.dtype
-        ).numpy()
+        )._numpy()
+        value.flags.writeable = False
+        return value
     return variable.numpy()
 
 
@@ -467,19 +474,30 @@ def is_lazily_built_metric(metric):
 
 
 def remake_compiled_functions(model):
-    """Retraces the model's cached train/test/predict functions.
+    """Has the model's cached train/test/predict functions remade.
 
-    `fit` reads `model.train_function` on every step, so remaking it in place
-    (never setting it to `None`) is what lets growth happen inside a callback.
     TensorFlow and JAX bake shapes and Python values into the trace; a stale
-    predict function would return the old width.
+    predict function would return the old width. Each cached function is
+    replaced by one that remakes it (`make_*_function(force=True)`) on its
+    first call and runs the new one: `fit` reads `model.train_function` on
+    every step, so the attribute must stay callable (growth may happen inside
+    a callback), and, as with `compile`, nothing is made until it is used.
     """
-    if getattr(model, "train_function", None) is not None:
-        model.make_train_function(force=True)
-    if getattr(model, "test_function", None) is not None:
-        model.make_test_function(force=True)
-    if getattr(model, "predict_function", None) is not None:
-        model.make_predict_function(force=True)
+    for kind in ("train", "test", "predict"):
+        if getattr(model, f"{kind}_function", None) is not None:
+            setattr(model, f"{kind}_function", _RemadeOnCall(model, kind))
+
+
+class _RemadeOnCall:
+    """Stands for a stale compiled function until its first call."""
+
+    def __init__(self, model, kind):
+        self.model = model
+        self.kind = kind
+
+    def __call__(self, *args, **kwargs):
+        getattr(self.model, f"make_{self.kind}_function")(force=True)
+        return getattr(self.model, f"{self.kind}_function")(*args, **kwargs)
 
 
 def set_model_optimizer(model, optimizer):

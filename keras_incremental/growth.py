@@ -127,10 +127,10 @@ def expand(
     shape: the compiled optimizer's state (per-variable slots, such as Adam's
     moments, keep their values for the old units and start at zero for the new
     ones; an EMA average starts at the variable's value; step counters
-    continue) and the model's cached train, test and predict functions. Right
-    after it, `fit`, `evaluate`, `predict` and `save` work without `compile`,
-    also from inside a callback during `fit` and under a `tf.distribute`
-    strategy.
+    continue) and the model's cached train, test and predict functions (made
+    anew on their next call). Right after it, `fit`, `evaluate`, `predict` and
+    `save` work without `compile`, also from inside a callback during `fit`
+    and under a `tf.distribute` strategy.
 
     Only the head's variables and their slots are touched, so the cost does
     not depend on the size of the rest of the model. On TensorFlow they grow
@@ -183,8 +183,10 @@ def expand(
     if n == 0:
         return head
 
-    was_empty = head.units == 0
-    traced = traced_variables(model)
+    # Functions traced with the head's width stated, or before it had units
+    # (their call skipped the product), must be remade after any growth.
+    remake = head.units == 0 or not head._free_width
+    traced = None if remake else traced_variables(model)
     pairs = head.expand(
         n,
         kernel_initializer=kernel_initializer,
@@ -199,10 +201,9 @@ def expand(
     # On TensorFlow the head and its slots grew in place. Functions traced
     # with the head's width free (`IncrementalModel`'s stages) then stay
     # valid, and a retrace costs far more than the growth; they are remade
-    # when a traced value changed: a width traced as stated, a head that had
-    # no units (its call skipped the product), a replaced variable, or a
-    # resized metric.
-    if was_empty or not head._free_width or traced_variables(model) != traced:
+    # all the same when a variable they hold was replaced (other backends,
+    # a resized metric).
+    if remake or traced_variables(model) != traced:
         compat.remake_compiled_functions(model)
     return head
 
@@ -243,18 +244,20 @@ def _plan_optimizer(model, head):
         ]
         if not known:
             continue
+        slot_lists = compat.optimizer_slot_lists(candidate)
         slots = {
-            id(variable): _slots_of(candidate, variable) for variable in known
+            id(variable): _slots_of(candidate, slot_lists, variable)
+            for variable in known
         }
         plan.append((candidate, slots))
     return plan
 
 
-def _slots_of(optimizer, variable):
+def _slots_of(optimizer, slot_lists, variable):
     """The slots `optimizer` keeps for `variable`, with the kind of each."""
     index = compat.optimizer_variable_index(optimizer, variable)
     slots = []
-    for kind, slot_list in compat.optimizer_slot_lists(optimizer):
+    for kind, slot_list in slot_lists:
         slot = slot_list[index]
         if slot is None:
             continue
@@ -277,21 +280,19 @@ def _move_slots(optimizer, old, new, slots):
     A slot grows in place where the variable did (`new is old`), and is
     replaced by a new variable otherwise.
     """
-    new_tail = None
+    shape = tuple(new.shape)
     for slot, kind in slots:
-        old_width = slot.shape[-1]
         old_value = compat.variable_numpy(slot)
-        if kind in _VALUE_SLOTS:
-            # An average of the variable starts from the variable's value.
-            if new_tail is None:
-                new_tail = compat.variable_numpy(new)[..., old_width:]
-            tail = new_tail.astype(old_value.dtype)
-        else:
-            tail = np.zeros(
-                old_value.shape[:-1] + (new.shape[-1] - old_width,),
-                dtype=old_value.dtype,
-            )
-        value = np.concatenate([old_value, tail], axis=-1)
+        old_width = old_value.shape[-1]
+        value = np.empty(shape, dtype=old_value.dtype)
+        value[..., :old_width] = old_value
+        # An average of the variable (EMA) starts from the variable's value;
+        # every other slot (moments, velocities) starts at zero.
+        value[..., old_width:] = (
+            compat.variable_numpy(new)[..., old_width:]
+            if kind in _VALUE_SLOTS
+            else 0
+        )
         if new is old and compat.grow_variable(slot, value):
             continue
         new_slot = compat.new_optimizer_variable(optimizer, new, slot, value)

@@ -46,7 +46,8 @@ class Retraced(strategies.Combine):
 
 
 class TrainFunctions(keras.callbacks.Callback):
-    """The train function each stage's first step runs."""
+    """The train function each stage's first step ran (after that step: a
+    stale function is remade on its first call)."""
 
     def __init__(self):
         super().__init__()
@@ -55,7 +56,7 @@ class TrainFunctions(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._first = True
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
         if self._first:
             self.seen.append(self.model.train_function)
             self._first = False
