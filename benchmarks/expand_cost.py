@@ -13,6 +13,10 @@ in one process:
 and the predict throughput of an `ExpandableDense` head against a `Dense` head
 of the same shape and weights.
 
+Neither side makes compiled functions: `compile` leaves them to `fit`, and
+`expand` has the stale ones remade on their next call. The grown model then
+runs a training step, with no `compile`.
+
 Targets: `expand` at least 100x faster than rebuild-and-copy in memory;
 `ExpandableDense` predict throughput at least 0.97 of `Dense`.
 
