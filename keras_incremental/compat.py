@@ -489,15 +489,37 @@ def remake_compiled_functions(model):
 
 
 class _RemadeOnCall:
-    """Stands for a stale compiled function until its first call."""
+    """Stands for a stale compiled function until it is used: a call, or an
+    attribute (`get_concrete_function`, ...), remakes it first."""
 
     def __init__(self, model, kind):
         self.model = model
         self.kind = kind
 
     def __call__(self, *args, **kwargs):
-        getattr(self.model, f"make_{self.kind}_function")(force=True)
-        return getattr(self.model, f"{self.kind}_function")(*args, **kwargs)
+        return self._remade()(*args, **kwargs)
+
+    def __getattr__(self, name):
+        if name in ("model", "kind") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._remade(), name)
+
+    def _remade(self):
+        attribute = f"{self.kind}_function"
+        made = getattr(self.model, f"make_{attribute}")(force=True)
+        function = getattr(self.model, attribute)
+        if function is self:
+            # A `make_*_function` override that returns the function
+            # instead of setting it.
+            if not callable(made):
+                raise TypeError(
+                    f"`model.make_{attribute}(force=True)` set no new "
+                    f"`model.{attribute}`; expected it to set one, as Keras's "
+                    f"does. Received: {made!r}"
+                )
+            setattr(self.model, attribute, made)
+            function = made
+        return function
 
 
 def set_model_optimizer(model, optimizer):

@@ -345,3 +345,47 @@ def test_expand_before_compile_and_from_zero_units():
     ki.expand(model, 2)
     model.fit(x, y, epochs=1, verbose=0)
     assert model.predict(x, verbose=0).shape == (64, 5)
+
+
+def test_stale_functions_are_remade_when_first_used():
+    model = trained()
+    x, _ = data()
+    model.predict(x, verbose=0)
+    old_predict, old_train = model.predict_function, model.train_function
+    ki.expand(model, 2)
+    # Introspection remakes the function too: a tf.function of the new width.
+    concrete = model.predict_function.get_concrete_function(
+        [(tf.TensorSpec((None, 8), "float32"),)]
+    )
+    assert concrete.structured_outputs.shape[-1] == 5
+    assert model.predict_function is not old_predict
+    x5, y5 = data(classes=5, seed=3)
+    model.fit(x5, y5, epochs=1, verbose=0)
+    assert model.train_function is not old_train
+    assert model.predict(x, verbose=0).shape == (64, 5)
+
+
+def test_a_make_function_override_that_returns_the_function():
+    class Returning(keras.Sequential):
+        """Returns the remade function, leaving the attribute as it was."""
+
+        def make_predict_function(self, force=False):
+            stale = self.predict_function
+            super().make_predict_function(force=force)
+            if stale is None:
+                return self.predict_function
+            made, self.predict_function = self.predict_function, stale
+            return made
+
+    model = Returning(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, name="body"),
+            ki.ExpandableDense(3, name="head"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, _ = data()
+    model.predict(x, verbose=0)
+    ki.expand(model, 2)
+    assert model.predict(x, verbose=0).shape == (64, 5)

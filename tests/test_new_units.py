@@ -129,3 +129,15 @@ def test_other_initializers_draw_the_grown_value(initializer):
     drawn = new_units_value(initializer, (4, 6), 4, "float32")
     full = keras.ops.convert_to_numpy(initializer((4, 6), dtype="float32"))
     np.testing.assert_array_equal(drawn, full[:, 4:])
+
+
+def test_negative_seeds_as_keras_takes_them():
+    initializer = keras.initializers.GlorotUniform(seed=-1)
+    first = new_units_value(initializer, (8, 5), 3, "float32")
+    np.testing.assert_array_equal(
+        first, new_units_value(initializer, (8, 5), 3, "float32")
+    )
+    layer = ki.ExpandableDense(2, kernel_initializer=initializer)
+    layer.build((None, 8))
+    layer.expand(3)
+    assert layer.kernel.shape == (8, 5)

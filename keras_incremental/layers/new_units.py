@@ -57,8 +57,9 @@ def _numpy_draw(initializer, grown_shape, shape, units):
     if not isinstance(seed, int):
         # A `SeedGenerator` keeps its state in a backend variable.
         return None
-    # Keras gives unseeded initializers a seed of their own at creation.
-    generator = np.random.default_rng((seed, units))
+    # Keras gives unseeded initializers a seed of their own at creation, and
+    # takes negative seeds as their 32-bit pattern; NumPy takes neither sign.
+    generator = np.random.default_rng((seed % 2**32, units))
     if _draws_as(initializer, initializers.RandomNormal):
         return generator.normal(initializer.mean, initializer.stddev, shape)
     if _draws_as(initializer, initializers.TruncatedNormal):
