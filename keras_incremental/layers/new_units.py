@@ -6,8 +6,9 @@ import numpy as np
 from keras import initializers
 from keras import ops
 
-# `keras.random.truncated_normal` draws again beyond two standard deviations;
-# this is the standard deviation that leaves the truncated draw at `stddev`.
+# `keras.random.truncated_normal` draws again beyond two standard deviations.
+# This is the standard deviation of a unit normal cut there; `VarianceScaling`
+# divides by it so that the cut draw keeps the variance it asks for.
 _TRUNCATED_STDDEV = 0.87962566103423978
 
 
