@@ -8,6 +8,7 @@ module, and the tests that cover it, rather than the whole package.
 """
 
 import contextlib
+import inspect
 
 import keras
 import numpy as np
@@ -538,3 +539,107 @@ def set_model_optimizer(model, optimizer):
 def set_optimizer_iterations(optimizer, value):
     """Sets the step counter of `optimizer` (its raw one, not scaled)."""
     optimizer._iterations.assign(value)
+
+
+def run_after_train_end(callback, finish):
+    """Has `finish()` run once every callback of the running `fit` ended.
+
+    Called from `callback.on_train_begin`. Keras calls the callbacks'
+    `on_train_end` in list order, and one listed after `callback` may still
+    set the model's weights there (`EarlyStopping(restore_best_weights=
+    True)`). Keras gives a callback no handle on its `CallbackList`, so it is
+    found as the caller of `on_train_begin`, and its `on_train_end` is
+    wrapped on that instance, which lives for one `fit` only.
+
+    Returns:
+        `True` when `finish` will run after the callbacks' `on_train_end`;
+        `False` when `on_train_begin` was not called by a `CallbackList`
+        holding `callback` (called by hand): the caller then finishes in its
+        own `on_train_end`.
+    """
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back.f_back
+        callbacks = caller.f_locals.get("self") if caller else None
+    finally:
+        del frame
+    if not isinstance(callbacks, keras.callbacks.CallbackList) or not any(
+        item is callback for item in callbacks.callbacks
+    ):
+        return False
+    end = callbacks.on_train_end
+    wrapped_before = "on_train_end" in vars(callbacks)
+
+    def on_train_end(logs=None):
+        # A `CallbackList` the user made and passes again to the next `fit`
+        # gets its own `on_train_end` back.
+        if wrapped_before:
+            callbacks.on_train_end = end
+        else:
+            del callbacks.on_train_end
+        end(logs)
+        finish()
+
+    callbacks.on_train_end = on_train_end
+    return True
+
+
+def produced_by(tensor):
+    """The layer call that made the symbolic `tensor` of a model's graph.
+
+    Unlike `layer.output` (the output of the layer's first call), this finds
+    the very call, also for a layer used in several models.
+
+    Returns:
+        `(layer, inputs)`: the layer (a nested model included) and the flat
+        list of the symbolic tensors that call took; `(None, [])` for a
+        tensor that no layer made.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None, []
+    layer, node_index, _ = history
+    node = layer._inbound_nodes[node_index]
+    return layer, list(node.input_tensors)
+
+
+def graph_outputs(model):
+    """The symbolic output tensors of a model built as a graph of layers.
+
+    Args:
+        model: A Keras model.
+
+    Returns:
+        A flat list of `KerasTensor`s for a functional model (a `Sequential`
+        one with a known input included), or `None` for a model without a
+        graph: a subclassed model, a `Sequential` model not yet built.
+    """
+    try:
+        outputs = model.outputs
+    except AttributeError:
+        return None
+    return None if outputs is None else list(outputs)
+
+
+def tensor_producer(tensor):
+    """The call of a layer (or `keras.ops` operation) that made `tensor`.
+
+    Reads the Keras history of a symbolic tensor of a functional model: the
+    operation that made it and the node of that call.
+
+    Args:
+        tensor: A `KerasTensor` of a functional model.
+
+    Returns:
+        `(operation, inputs, index)`: the layer or operation, the symbolic
+        tensors it was called on, and which of its outputs `tensor` is; or
+        `(None, [], 0)` for a model input.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None, [], 0
+    operation = history.operation
+    node = operation._inbound_nodes[history.node_index]
+    if node.is_input:
+        return None, [], 0
+    return operation, list(node.input_tensors), history.tensor_index

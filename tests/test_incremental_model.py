@@ -282,6 +282,7 @@ def test_learning_rates_keep_optimizer_state_across_stages(digits, tmp_path):
         *inc.prepare(*stage(x, y, [2])), epochs=1, verbose=0, callbacks=[inc]
     )
     inc.learning_rates = {"body": 0.5}
+    inc.prepare(*stage(x, y, [2]))
     inc.on_train_begin()
     assert model.optimizer is multi
     rates = sorted(float(o.learning_rate.numpy()) for o in multi.optimizers)

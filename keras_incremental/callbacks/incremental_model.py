@@ -9,7 +9,9 @@ import tensorflow as tf
 from keras_incremental import checkpoint as checkpoints
 from keras_incremental import compat
 from keras_incremental import metrics
+from keras_incremental import stage_data
 from keras_incremental import strategies
+from keras_incremental.adoption import adopt_model
 from keras_incremental.checks import check_unit_count
 from keras_incremental.freezing import check_freeze_spec
 from keras_incremental.freezing import layers_to_freeze
@@ -18,7 +20,6 @@ from keras_incremental.growth import find_head
 from keras_incremental.growth import resize_lazy_metrics
 from keras_incremental.growth import traced_variables
 from keras_incremental.labels import LabelEncoder
-from keras_incremental.labels import labels_from_onehot
 from keras_incremental.learning_rates import base_learning_rate
 from keras_incremental.learning_rates import check_learning_rates
 from keras_incremental.learning_rates import leaf_optimizers
@@ -30,7 +31,6 @@ from keras_incremental.serving import export_for_serving
 from keras_incremental.strategies import StageContext
 from keras_incremental.strategies.features import feature_extractor
 from keras_incremental.strategies.features import outputs
-from keras_incremental.targets import encode_targets
 from keras_incremental.targets import label_format
 
 
@@ -154,8 +154,8 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         self.stage_ = 0
         self._context = None
-        self._stage_labels = None
-        self._stage_data = None
+        self._prepared = None
+        self._end_deferred = False
         self._frozen = []
         self._groups = None
         self._teacher = None
@@ -182,12 +182,17 @@ class IncrementalModel(keras.callbacks.Callback):
     def prepare(self, x, y=None):
         """Learns a stage's new classes and returns `(x, y)` for `model.fit`.
 
+        Call it once before each stage's `fit`. A second `prepare` before
+        that `fit` replaces the first: the classes only the first one
+        brought are taken back (the head has not grown for them yet).
+
         Args:
             x: Inputs as a NumPy array (first axis the samples), or a
                 `tf.data.Dataset` of `(x, y)` elements, batched or not (then
                 `y` is left `None`).
             y: The class labels: a 1-D array or list of ints, strings or
-                bytes, or a 2-D one-hot array. `None` with a dataset.
+                bytes, a column of shape `(n, 1)` (as `keras.datasets` ship
+                them), or a 2-D one-hot array. `None` with a dataset.
 
         Returns:
             `(x, y)` for `model.fit` with arrays, or `(dataset, None)` with a
@@ -199,7 +204,8 @@ class IncrementalModel(keras.callbacks.Callback):
         Raises:
             ValueError: for an empty stage, x/y of different lengths,
                 non-finite inputs, `None` labels, 2-D labels that are not
-                one-hot, samples shaped unlike the memory's exemplars, or a
+                one-hot, samples shaped unlike the memory's exemplars or of
+                another kind of dtype, a model the package cannot grow, or a
                 dataset for a strategy that needs arrays. Nothing is
                 changed.
             TypeError: for labels mixing types. Nothing is changed.
@@ -207,6 +213,9 @@ class IncrementalModel(keras.callbacks.Callback):
         model = self._known_model()
         if model is not None:
             self._check_options(model)
+        encoder = self._encoder_before_prepare()
+        spec = functools.partial(self._target_spec, encoder)
+        replay = self.strategy.replay
         if isinstance(x, tf.data.Dataset):
             if self.strategy.needs_arrays:
                 raise ValueError(
@@ -220,175 +229,165 @@ class IncrementalModel(keras.callbacks.Callback):
                     "With a `tf.data.Dataset`, labels come from its (x, y) "
                     "elements; expected `y=None`. Received a `y` as well."
                 )
-            self._check_sample_shape(x.element_spec[0].shape, dataset=True)
-            return self._prepare_dataset(x), None
-        x, labels = self._check_arrays(x, y)
-        self._check_sample_shape(x.shape[1:])
-        self.encoder.partial_fit(
-            np.unique(labels) if _sortable(labels) else labels
-        )
-        indices = self.encoder.transform(labels)
-        self._stage_data = (x, indices)
-        self._stage_labels = indices
-        fmt, width = self._target_spec()
-        # Logit replay reads the stored logits beside the labels (zeros,
-        # masked out, for the stage's own samples); the loss installed for
-        # the stage unpacks them.
-        packed = self.strategy.needs_logits
-        if packed:
-            logits = np.zeros((len(indices), width), dtype="float32")
-            mask = np.zeros_like(logits)
-        x_old, y_old = self._replay_samples()
-        if y_old is not None and len(y_old):
-            x = np.concatenate([x, x_old.astype(x.dtype)], axis=0)
-            indices = np.concatenate([indices, y_old], axis=0)
-            order = np.random.default_rng([self.seed, self.stage_]).permutation(
-                len(indices)
+            element = x.element_spec[0]
+            if replay:
+                stage_data.check_samples(
+                    element.shape,
+                    element.dtype.as_numpy_dtype,
+                    self.memory,
+                    dataset=True,
+                )
+            prepared, stage = stage_data.prepare_dataset(
+                x,
+                encoder,
+                self.memory,
+                replay,
+                spec,
+                seed=self.seed + self.stage_,
             )
-            x, indices = x[order], indices[order]
-            if packed:
-                old_logits, old_mask = self.memory.logit_targets(width)
-                logits = np.concatenate([logits, old_logits], axis=0)[order]
-                mask = np.concatenate([mask, old_mask], axis=0)[order]
-        targets = encode_targets(indices, fmt, width)
-        if packed:
-            return x, (targets, logits, mask)
-        return x, targets
+            self.encoder, self._prepared = encoder, stage
+            return prepared, None
+        x, labels = stage_data.check_arrays(x, y)
+        if replay:
+            stage_data.check_samples(x.shape[1:], x.dtype, self.memory)
+        fit_data, stage = stage_data.prepare_arrays(
+            x,
+            labels,
+            encoder,
+            self.memory,
+            replay,
+            self.strategy.needs_logits,
+            spec,
+            np.random.default_rng([self.seed, self.stage_]),
+        )
+        self.encoder, self._prepared = encoder, stage
+        return fit_data
+
+    def _encoder_before_prepare(self):
+        """A copy of the encoder to learn the stage's classes in: the run's
+        own is replaced only once `prepare` succeeded. After an earlier
+        `prepare` of this stage, the classes it added are taken back, but
+        for those a failed `fit` already grew the head for."""
+        classes = self.encoder.classes_
+        if self._prepared is not None:
+            keep = self._prepared.known
+            model = self._known_model()
+            if model is not None:
+                keep = max(keep, find_head(model, self.head).units)
+            classes = classes[:keep]
+        return LabelEncoder(classes or None)
+
+    def encode(self, y):
+        """Class labels as the compiled loss's targets at the current width.
+
+        For `validation_data`, `model.evaluate` and custom metrics: class
+        indices for sparse losses, one-hot rows for categorical ones. After
+        `prepare`, the stage's new classes are known (and counted in the
+        one-hot width).
+
+        Args:
+            y: Class labels, as `prepare` takes them.
+
+        Returns:
+            A NumPy array: int64 indices, or float32 one-hot rows.
+
+        Raises:
+            ValueError: for a label of a class the run does not know, or
+                labels of the wrong shape.
+            TypeError: for labels of another kind than the classes.
+
+        Example:
+
+        ```python
+        xs, ys = inc.prepare(x, y)
+        model.fit(
+            xs,
+            ys,
+            validation_data=(x_val, inc.encode(y_val)),
+            callbacks=[inc],
+        )
+        ```
+        """
+        return stage_data.encode(y, self.encoder, self._target_spec())
+
+    def class_weight(self, weights):
+        """A dict keyed by class name as the dict keyed by index for `fit`.
+
+        Args:
+            weights: A dict mapping class names to weights (numbers >= 0).
+                Classes left out get weight 1 in `fit`.
+
+        Returns:
+            A dict mapping class indices to weights, for
+            `model.fit(..., class_weight=...)`.
+
+        Raises:
+            ValueError: for a class the run does not know, or a negative or
+                non-finite weight.
+            TypeError: for `weights` that is not a dict.
+
+        Example:
+
+        ```python
+        xs, ys = inc.prepare(x, y)
+        model.fit(
+            xs,
+            ys,
+            class_weight=inc.class_weight({"eight": 2.0}),
+            callbacks=[inc],
+        )
+        ```
+        """
+        return stage_data.class_weight(weights, self.encoder)
+
+    def remember(self, x, y):
+        """Fills the exemplar memory from samples of known classes.
+
+        No training: the samples are chosen by the strategy's selection rule
+        (random, or herding in the model's feature space) and the memory
+        keeps its budget, split evenly over the classes it holds. Use it
+        after `adopt` to give the next stage old samples to replay.
+
+        Args:
+            x: Inputs as a NumPy array, first axis the samples.
+            y: Their class labels, all of classes the run knows.
+
+        Returns:
+            The number of exemplars now in memory.
+
+        Raises:
+            ValueError: without a memory (`memory_size=0`), for a class the
+                run does not know, or for bad inputs as in `prepare`. The
+                memory is unchanged.
+
+        Example:
+
+        ```python
+        model, inc = keras_incremental.IncrementalModel.adopt(
+            "classifier.keras", classes=names, memory_size=200
+        )
+        inc.remember(x_old, y_old)
+        ```
+        """
+        x, indices = stage_data.check_remember(x, y, self.encoder, self.memory)
+        embed, predict = self._memory_functions()
+        self.memory.selection = self.strategy.selection or "random"
+        self.memory.update(x, indices, embed=embed, predict=predict)
+        return len(self.memory)
 
     def decode(self, indices):
         """Maps class indices (e.g. `predict(x).argmax(-1)`) to class names."""
         return self.encoder.inverse_transform(np.asarray(indices))
 
-    def _check_arrays(self, x, y):
-        if y is None:
-            raise ValueError(
-                "Expected labels `y` with array inputs. Received: y=None"
-            )
-        try:
-            x = np.asarray(x)
-        except (ValueError, TypeError) as error:
-            raise TypeError(
-                f"Expected `x` to be an array of inputs ({error})."
-            ) from error
-        if x.ndim == 0 or x.shape[0] == 0:
-            raise ValueError(
-                "Received an empty stage; expected at least one sample. "
-                f"Received: x.shape={x.shape}"
-            )
-        labels = np.asarray(y, dtype=object) if isinstance(y, list) else y
-        labels = np.asarray(labels)
-        if labels.ndim == 2:
-            labels = labels_from_onehot(labels)
-        if labels.shape[0] != x.shape[0]:
-            raise ValueError(
-                "Expected as many labels as samples. Received: "
-                f"{x.shape[0]} samples in x and {labels.shape[0]} labels in y"
-            )
-        if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):
-            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-            raise ValueError(
-                f"Received {bad} NaN or infinite values in x; expected finite "
-                "inputs. Clean or impute them before `prepare`."
-            )
-        return x, labels
-
-    def _check_sample_shape(self, shape, dataset=False):
-        """Stage samples must match the stored exemplars' shape."""
-        x_old, _ = self.memory.samples()
-        if x_old is None or not self.strategy.replay:
-            return
-        expected = tuple(x_old.shape[1:])
-        received = tuple(shape)
-        if dataset and len(received) == len(expected) + 1:
-            received = received[1:]  # a batched dataset
-        if len(received) != len(expected) or any(
-            r is not None and r != e
-            for r, e in zip(received, expected, strict=True)
-        ):
-            raise ValueError(
-                "Expected samples shaped like the exemplars in memory, "
-                f"{expected}. Received samples of shape {received}. "
-                "Nothing was changed."
-            )
-
-    def _target_spec(self):
+    def _target_spec(self, encoder=None):
         """The label format the compiled loss wants, and the one-hot width."""
+        encoder = self.encoder if encoder is None else encoder
         model = self._known_model()
         fmt = label_format(model) if model is not None else "sparse"
-        width = len(self.encoder.classes_)
+        width = len(encoder)
         if model is not None:
             width = max(width, find_head(model, self.head).units)
-        return fmt, width
-
-    def _replay_samples(self):
-        if not self.strategy.replay or not len(self.memory):
-            return None, None
-        return self.memory.samples()
-
-    def _prepare_dataset(self, dataset):
-        batches = [
-            _flat_labels(y)
-            for y in dataset.map(lambda x, y: y).as_numpy_iterator()
-        ]
-        labels = np.concatenate(batches) if batches else np.zeros((0,))
-        if labels.size == 0:
-            raise ValueError(
-                "Received an empty dataset; expected at least one element."
-            )
-        labels = np.asarray(_text(labels.tolist()))
-        self.encoder.partial_fit(
-            np.unique(labels) if _sortable(labels) else labels
-        )
-        classes = self.encoder.classes_
-        keys = tf.constant(classes)
-        if keys.dtype.is_integer:
-            # TensorFlow has int64 -> int64 tables only, not int32 ones.
-            keys = tf.cast(keys, tf.int64)
-        table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                keys, tf.range(len(classes), dtype=tf.int64)
-            ),
-            default_value=-1,
-        )
-        fmt, width = self._target_spec()
-        key_dtype = keys.dtype
-
-        label_spec = dataset.element_spec[1]
-        one_hot = label_spec.shape.rank == 2 and label_spec.shape[-1] != 1
-
-        def encode(x, y):
-            if one_hot:  # batched one-hot rows: their column is the label
-                y = tf.argmax(y, axis=-1)
-            index = table.lookup(tf.cast(y, key_dtype))
-            if fmt == "categorical":
-                return x, tf.one_hot(index, width)
-            return x, index
-
-        self._stage_data = dataset
-        self._stage_labels = self.encoder.transform(labels)
-        prepared = dataset.map(encode)
-        x_old, y_old = self._replay_samples()
-        if y_old is not None and len(y_old):
-            x_dtype = dataset.element_spec[0].dtype.as_numpy_dtype
-            replay = tf.data.Dataset.from_tensor_slices(
-                (x_old.astype(x_dtype), encode_targets(y_old, fmt, width))
-            ).shuffle(len(y_old), seed=self.seed + self.stage_)
-            if dataset.element_spec[0].shape.rank == x_old.ndim:
-                prepared = _append_replay(prepared, replay, len(batches))
-            else:
-                # Unbatched: the exemplars are interleaved at random, so that
-                # the last steps of an epoch are not all old classes.
-                prepared = tf.data.Dataset.sample_from_datasets(
-                    [prepared, replay],
-                    weights=[float(len(labels)), float(len(y_old))],
-                    seed=self.seed + self.stage_,
-                    stop_on_empty_dataset=False,
-                ).apply(
-                    tf.data.experimental.assert_cardinality(
-                        len(labels) + len(y_old)
-                    )
-                )
-        return prepared
+        return stage_data.TargetSpec(fmt, width)
 
     def _check_options(self, model):
         check_freeze_spec(self.freeze)
@@ -401,6 +400,20 @@ class IncrementalModel(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self._check_options(model)
+        if self._prepared is None:
+            raise ValueError(
+                "`fit` was called with this `IncrementalModel` but without "
+                "`inc.prepare(x, y)` for the stage; expected one `prepare` "
+                "before each stage's `fit`, so that new classes get their "
+                "own output units and the labels their indices. Received "
+                "a `fit` whose data `prepare` did not make. Nothing was "
+                "changed."
+            )
+        # The stage's end comes after every callback's `on_train_end`, so
+        # that one restoring weights (EarlyStopping) acts first.
+        self._end_deferred = compat.run_after_train_end(
+            self, self._finish_stage
+        )
         # A `fit` that failed never reached `on_train_end`: drop what its
         # stage installed before this one starts.
         _remove_loss(model)
@@ -431,7 +444,8 @@ class IncrementalModel(keras.callbacks.Callback):
         self._new_classes = [i for i in range(head.units) if i not in recorded]
         self._apply_freezing(model, head)
         self._apply_learning_rates(model)
-        data = self._stage_data
+        prepared = self._prepared
+        samples = prepared.samples
         self._context = StageContext(
             model=model,
             head=head,
@@ -439,9 +453,9 @@ class IncrementalModel(keras.callbacks.Callback):
             old_units=old_units,
             teacher=teacher,
             memory=self.memory,
-            data=data if isinstance(data, tuple) else None,
-            replayed=self._replay_samples()[1],
-            labels=self._stage_labels,
+            data=samples if isinstance(samples, tuple) else None,
+            replayed=prepared.replayed,
+            labels=prepared.labels,
         )
         self.strategy.begin_stage(self._context)
         _install_loss(model, self.strategy, self._context)
@@ -550,6 +564,16 @@ class IncrementalModel(keras.callbacks.Callback):
                     yield multiplier, sub
 
     def on_train_end(self, logs=None):
+        if not self._end_deferred:
+            self._finish_stage()
+
+    def _finish_stage(self):
+        """The stage's end: memory, records, checkpoint, report, export.
+
+        Runs after every callback's `on_train_end` (see `on_train_begin`),
+        so all of them see the weights the stage ends with.
+        """
+        self._end_deferred = False
         model = self.model
         # Kept for the next stage, with what they were traced against (the
         # metric variables the first step made included); the model gets
@@ -568,6 +592,7 @@ class IncrementalModel(keras.callbacks.Callback):
             self.strategy.end_stage(context)
             context.teacher = None
         self._update_memory()
+        self._prepared = None
         self.stage_classes_.append(getattr(self, "_new_classes", []))
         self._record_stage()
         self.stage_ += 1
@@ -628,16 +653,13 @@ class IncrementalModel(keras.callbacks.Callback):
         }
         if self.evaluation is not None:
             x_test, labels = self.evaluation
-            known = {c: i for i, c in enumerate(self.encoder.classes_)}
-            seen = np.asarray([_plain(label) in known for label in labels])
+            indices = stage_data.evaluation_indices(labels, self.encoder)
+            seen = indices >= 0
             groups = [g for g in self.stage_classes_ if g]
             if seen.any() and groups:
-                truth = np.asarray(
-                    [known[_plain(label)] for label in labels[seen]]
-                )
                 predicted = self.predict(x_test[seen])
                 row, overall = metrics.stage_accuracies(
-                    truth, predicted, groups
+                    indices[seen], predicted, groups
                 )
                 row = iter(row)
                 entry["row"] = [
@@ -687,22 +709,38 @@ class IncrementalModel(keras.callbacks.Callback):
                 pass  # matplotlib is an optional extra
 
     def _update_memory(self):
-        data = self._stage_data
-        self._stage_data = None
-        if data is None or not self.memory_size:
+        prepared = self._prepared
+        if prepared is None or not self.memory_size:
             return
-        model = self.model
-        head = find_head(model, self.head)
+        samples = prepared.samples
+        if isinstance(samples, tf.data.Dataset):
+            samples = stage_data.dataset_arrays(samples, self.encoder)
+        embed, predict = self._memory_functions()
         self.memory.selection = self.strategy.selection or "random"
+        self.memory.update(*samples, embed=embed, predict=predict)
+
+    def _memory_functions(self):
+        """What the memory needs of the model: features for herding, logits
+        for logit replay; `(embed, predict)`, each `None` when not needed."""
+        needed = self.strategy.selection == "herding" or (
+            self.strategy.needs_logits
+        )
+        model = self._known_model()
+        if not needed:
+            return None, None
+        if model is None:
+            raise ValueError(
+                f"The strategy {self.strategy.name!r} chooses or stores "
+                "exemplars with the model's outputs, and there is no model "
+                "yet; expected `model=` in `IncrementalModel` (or `adopt`)."
+            )
         embed = predict = None
         if self.strategy.selection == "herding":
-            extractor = feature_extractor(model, head)
+            extractor = feature_extractor(model, find_head(model, self.head))
             embed = functools.partial(outputs, extractor)
         if self.strategy.needs_logits:
             predict = functools.partial(outputs, model)
-        if isinstance(data, tf.data.Dataset):
-            data = _dataset_arrays(data, self.encoder)
-        self.memory.update(*data, embed=embed, predict=predict)
+        return embed, predict
 
     def state(self):
         """The run's state for the checkpoint, as a JSON-able dict."""
@@ -728,6 +766,79 @@ class IncrementalModel(keras.callbacks.Callback):
             else {str(m): p for m, p in self._groups.items()},
             "base_rate": getattr(self, "_base_rate", None),
         }
+
+    @classmethod
+    def adopt(cls, source, classes, head=None, **options):
+        """Starts a run from a classifier trained without this package.
+
+        The twin of `restore` for the model you already have: its output
+        `keras.layers.Dense` (linear or softmax, possibly followed by a
+        `Softmax` or `Activation` layer) is replaced by an `ExpandableDense`
+        with the same weights, so every prediction is unchanged, and the
+        returned `IncrementalModel` knows its classes. The source counts as
+        the run's first stage: the next `prepare` and `fit` bring the new
+        classes. No old data is needed; to replay old classes, fill the
+        memory with `inc.remember(x_old, y_old)`.
+
+        A compiled source (or a `.keras` file saved after `compile`) gives a
+        compiled model with the same loss, metrics and optimizer, its state
+        (step counter, moments) carried over. A source saved without
+        `compile` gives a model without it: call `model.compile(...)` before
+        the next `fit`.
+
+        Args:
+            source: A built Sequential or functional `keras.Model`, or the
+                path of a `.keras` file of one (loaded with Keras's
+                `safe_mode`). It is not changed.
+            classes: The names of the source's output columns, in column
+                order: ints, strings or bytes, one per unit, no duplicates.
+                They are not re-sorted.
+            head: Name of the output `Dense` to grow, or `None` for the one
+                whose output is the model's output. Defaults to `None`.
+            **options: The constructor's keyword arguments (`strategy`,
+                `memory_size`, `checkpoint`, `freeze`, `learning_rates`,
+                `seed`, `evaluation`, `report`, `export_dir`).
+
+        Returns:
+            `(model, inc)`: the model with its expandable head, and an
+            `IncrementalModel` with `classes_ == list(classes)` and
+            `stage_ == 1`.
+
+        Raises:
+            ValueError: for a source whose output layer is not a `Dense`,
+                that has several outputs, a path that is not a readable
+                `.keras` file, `classes` of another length than the head's
+                units, or repeated class names. Nothing is written.
+            TypeError: for a source that is neither a model nor a path,
+                `classes` that are not a sequence of class names, or an
+                unknown option.
+
+        Example:
+
+        ```python
+        model, inc = keras_incremental.IncrementalModel.adopt(
+            "classifier.keras", classes=list(range(10)), memory_size=200
+        )
+        inc.remember(x_old, y_old)  # optional: old samples to replay
+        xs, ys = inc.prepare(x_new, y_new)  # labels 10 and 11 arrive
+        model.fit(xs, ys, epochs=5, callbacks=[inc])
+        ```
+        """
+        if "model" in options:
+            raise TypeError(
+                "`adopt` makes the model from `source`; expected no `model=` "
+                "option. Received: model=..."
+            )
+        model, head_name = adopt_model(source, classes, head=head)
+        encoder = LabelEncoder(
+            classes if isinstance(classes, np.ndarray) else list(classes)
+        )
+        inc = cls(model=model, head=head_name, **options)
+        inc.encoder = encoder
+        inc.stage_classes_ = [list(range(len(encoder)))]
+        inc._record_stage()
+        inc.stage_ = 1
+        return model, inc
 
     @classmethod
     def restore(cls, path, strategy=None):
@@ -787,11 +898,12 @@ def _check_evaluation(evaluation):
             "Expected `evaluation` to be a tuple `(x_test, y_test)`. "
             f"Received: {type(evaluation).__name__}"
         )
-    x, y = np.asarray(evaluation[0]), np.asarray(evaluation[1])
-    if y.ndim != 1 or x.shape[0] != y.shape[0]:
+    x = np.asarray(evaluation[0])
+    y = stage_data.normalize_labels(evaluation[1], "evaluation labels")
+    if x.shape[0] != y.shape[0]:
         raise ValueError(
-            "Expected `evaluation` as `(x_test, y_test)` with 1-D labels, "
-            f"one per sample. Received: x.shape={x.shape}, y.shape={y.shape}"
+            "Expected `evaluation` as `(x_test, y_test)` with one label per "
+            f"sample. Received: x.shape={x.shape}, y.shape={y.shape}"
         )
     return x, y
 
@@ -811,35 +923,6 @@ def _check_path(path, argument, suffix=None):
             f"Received: {argument}='{path}'"
         )
     return path
-
-
-def _append_replay(batches, replay, count):
-    """Appends exemplars to each of the `count` batches of a stage.
-
-    Every batch gets `ceil(exemplars / count)` of them, drawn in a new order
-    each epoch, so each exemplar is replayed at least once an epoch and every
-    step sees old classes as well as new ones (the replay batches of
-    experience replay). Working batch by batch keeps the pipeline's cost to
-    a few operations a step.
-    """
-    size = len(replay)
-    per_batch = -(-size // count)
-    extra = replay.repeat().batch(per_batch)
-
-    def append(new, old):
-        return tuple(
-            tf.concat([a, tf.cast(b, a.dtype)], axis=0)
-            for a, b in zip(new, old, strict=True)
-        )
-
-    # Saying how many batches there are lets `fit` count its steps (with
-    # `steps_per_execution` > 1 it would otherwise drop an epoch's last
-    # partial execution).
-    return (
-        tf.data.Dataset.zip((batches, extra))
-        .map(append)
-        .apply(tf.data.experimental.assert_cardinality(count))
-    )
 
 
 def _frozen_copy(model):
@@ -897,41 +980,5 @@ def _remove_loss(model):
             delattr(model, name)
 
 
-def _dataset_arrays(dataset, encoder):
-    """All `(x, class_indices)` of a dataset of `(x, label)` elements."""
-    xs, ys = [], []
-    for x, y in dataset.as_numpy_iterator():
-        if np.ndim(y) == 0:  # an unbatched element
-            x, y = np.expand_dims(x, 0), np.reshape(y, (1,))
-        xs.append(x)
-        ys.append(encoder.transform(_text(_flat_labels(y).tolist())))
-    return np.concatenate(xs), np.concatenate(ys)
-
-
 def _same_paths(old, new):
     return sorted(map(tuple, old.values())) == sorted(map(tuple, new.values()))
-
-
-def _flat_labels(y):
-    """A batch (or element) of labels as a 1-D object array; one-hot rows
-    become their class index, as with arrays."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[-1] > 1:
-        y = labels_from_onehot(y)
-    return np.reshape(np.asarray(y, dtype=object), (-1,))
-
-
-def _text(labels):
-    """TensorFlow hands strings back as bytes; the user gave `str`."""
-    return [
-        label.decode("utf-8") if isinstance(label, bytes) else label
-        for label in labels
-    ]
-
-
-def _sortable(labels):
-    try:
-        np.unique(labels)
-    except TypeError:
-        return False
-    return True
