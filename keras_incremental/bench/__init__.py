@@ -1,4 +1,8 @@
-"""The class-incremental benchmark: `python -m keras_incremental.bench`."""
+"""The class-incremental benchmarks: `python -m keras_incremental.bench`.
+
+`protocol` runs five stages of two classes; `adoption` grows a saved plain
+Keras classifier by two classes.
+"""
 
 from keras_incremental.bench.protocol import run
 

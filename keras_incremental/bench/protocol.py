@@ -1,4 +1,4 @@
-"""The class-incremental benchmark protocol (DESIGN.md section 5).
+"""The class-incremental benchmark protocol.
 
 Five stages of two classes, an MLP input-256-256-classes with ReLU, Adam
 1e-3, batch 32, 5 epochs per stage, a 200-exemplar memory when the method
