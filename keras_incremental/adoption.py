@@ -17,10 +17,8 @@ import numpy as np
 
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.limits import WIDTH_KEEPING_LAYERS
 
-# Layers that may follow the head between it and the model's output: they
-# have no weights and keep the width of their input.
-_FOLLOWERS = (keras.layers.Softmax, keras.layers.Activation)
 _PREVIEW = 10
 
 
@@ -32,9 +30,10 @@ def adopt_model(source, classes, head=None):
     activation, bias, initializers, regularizers, constraints, dtype policy,
     name) and the same kernel and bias, to the bit. Every other layer keeps
     its configuration, name and weights, so the new model's predictions are
-    those of `source`. The `Dense` may be followed by `Softmax` or
-    `Activation` layers, and may sit inside a nested Sequential or functional
-    model (which is copied too).
+    those of `source`. The `Dense` may be followed by layers without weights
+    that keep its width (`Softmax`, `Activation`, ...: see
+    `keras_incremental.limits.WIDTH_KEEPING_LAYERS`), and may sit inside a
+    nested Sequential or functional model (which is copied too).
 
     When `source` is compiled, the new model is compiled with the same loss,
     metrics and optimizer class and configuration, and the optimizer's state
@@ -143,7 +142,10 @@ class _Cloner:
             return copy
         if item is self.head:
             copy = ExpandableDense.from_config(item.get_config())
-        elif isinstance(item, keras.Model) and _outputs(item) is not None:
+        elif (
+            isinstance(item, keras.Model)
+            and compat.graph_outputs(item) is not None
+        ):
             copy = self.clone(item)
         else:
             copy = item.__class__.from_config(item.get_config())
@@ -152,7 +154,7 @@ class _Cloner:
 
     @staticmethod
     def _input_like(tensor):
-        source, _ = compat.produced_by(tensor)
+        source = compat.layer_of(tensor)
         # Ragged inputs exist on TensorFlow only: asked for only when used.
         ragged = {"ragged": True} if getattr(tensor, "ragged", False) else {}
         return keras.Input(
@@ -260,7 +262,7 @@ def _check_model(model):
             "expected a built model. Build it with `keras.Input` in the "
             "model, `model.build(input_shape)`, or by calling it on data."
         )
-    outputs = _outputs(model)
+    outputs = compat.graph_outputs(model)
     if outputs is None:
         raise TypeError(
             f"Model '{model.name}' is a subclassed model "
@@ -272,14 +274,6 @@ def _check_model(model):
             f"Model '{model.name}' has {len(outputs)} outputs; expected a "
             "classifier with one output."
         )
-
-
-def _outputs(model):
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    return None if outputs is None else list(outputs)
 
 
 def _find_head(model, head):
@@ -320,10 +314,10 @@ def _find_head(model, head):
 
 def _output_dense(model):
     """Walks back from the model's output to the `Dense` that makes it."""
-    tensor = _outputs(model)[0]
+    tensor = compat.graph_outputs(model)[0]
     followers = []
     while True:
-        layer, inputs = compat.produced_by(tensor)
+        layer, inputs, _ = compat.tensor_producer(tensor)
         if layer is None:
             raise ValueError(
                 f"Could not find the layer that produces the output of "
@@ -331,7 +325,7 @@ def _output_dense(model):
                 "model whose output comes from a `Dense` layer."
             )
         if isinstance(layer, keras.Model):
-            inner = _outputs(layer)
+            inner = compat.graph_outputs(layer)
             if inner is None or len(inner) != 1:
                 raise ValueError(
                     f"The output of model '{model.name}' comes from nested "
@@ -344,7 +338,7 @@ def _output_dense(model):
         if isinstance(layer, keras.layers.Dense):
             return layer
         if (
-            isinstance(layer, _FOLLOWERS)
+            isinstance(layer, WIDTH_KEEPING_LAYERS)
             and not layer.weights
             and len(inputs) == 1
         ):
@@ -359,7 +353,8 @@ def _output_dense(model):
             f"The output of model '{model.name}' comes from layer "
             f"'{layer.name}'{after}, a `{type(layer).__name__}`; expected a "
             "`keras.layers.Dense` output layer, followed by nothing but "
-            "`Softmax` or `Activation` layers. Received a model with layers: "
+            "layers without weights that keep the width (such as `Softmax` "
+            "or `Activation`). Received a model with layers: "
             f"{_short([item.name for item in model.layers])}"
         )
 

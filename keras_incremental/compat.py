@@ -584,25 +584,6 @@ def run_after_train_end(callback, finish):
     return True
 
 
-def produced_by(tensor):
-    """The layer call that made the symbolic `tensor` of a model's graph.
-
-    Unlike `layer.output` (the output of the layer's first call), this finds
-    the very call, also for a layer used in several models.
-
-    Returns:
-        `(layer, inputs)`: the layer (a nested model included) and the flat
-        list of the symbolic tensors that call took; `(None, [])` for a
-        tensor that no layer made.
-    """
-    history = getattr(tensor, "_keras_history", None)
-    if history is None:
-        return None, []
-    layer, node_index, _ = history
-    node = layer._inbound_nodes[node_index]
-    return layer, list(node.input_tensors)
-
-
 def graph_outputs(model):
     """The symbolic output tensors of a model built as a graph of layers.
 
@@ -616,7 +597,7 @@ def graph_outputs(model):
     """
     try:
         outputs = model.outputs
-    except AttributeError:
+    except (AttributeError, ValueError):
         return None
     return None if outputs is None else list(outputs)
 
@@ -643,3 +624,10 @@ def tensor_producer(tensor):
     if node.is_input:
         return None, [], 0
     return operation, list(node.input_tensors), history.tensor_index
+
+
+def layer_of(tensor):
+    """The layer that made a symbolic `tensor` (an `InputLayer` for a model
+    input), or `None` for a tensor outside a model's graph."""
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation

@@ -2,9 +2,10 @@
 
 Scaling gradients does nothing under Adam (its update is scale-invariant), so
 a per-layer learning rate needs its own optimizer for those layers: this
-module builds a `keras.optimizers.MultiOptimizer` with one sub-optimizer per
-multiplier, and carries the optimizer state (slots and step counters) from
-the optimizer it replaces.
+module groups the layers by multiplier, builds a `MultiplierOptimizer` (a
+`keras.optimizers.MultiOptimizer` with one sub-optimizer per multiplier, all
+following one base rate), and carries the optimizer state (slots and step
+counters) from the optimizer it replaces.
 """
 
 import numbers
@@ -15,7 +16,9 @@ import numpy as np
 from keras import ops
 
 from keras_incremental import compat
+from keras_incremental.growth import iter_layers
 from keras_incremental.growth import layers_matching
+from keras_incremental.multiplier_optimizer import MultiplierOptimizer
 
 
 def check_learning_rates(learning_rates):
@@ -51,44 +54,119 @@ def check_learning_rates(learning_rates):
 def plan_groups(model, learning_rates):
     """Groups the model's layers by learning-rate multiplier.
 
+    A pattern selects the layers with weights whose name it fully matches,
+    at any depth; a nested model it selects stands for every layer inside it.
+    The first pattern that selects a variable's layer gives its multiplier.
+    The groups are checked against the model's variable paths, which the
+    sub-optimizers are chosen by (`group_pattern`).
+
+    Args:
+        model: A Keras model.
+        learning_rates: A dict mapping a layer name or regular expression
+            to a learning-rate multiplier (> 0).
+
     Returns:
-        A dict `multiplier -> sorted layer names` for the layers with
-        weights whose name matches a pattern (the first matching pattern
-        wins).
+        A dict `multiplier -> sorted layer names`: the names of the layers
+        that own the selected variables (the layers inside a selected nested
+        model, not the model).
 
     Raises:
-        ValueError: when a pattern matches no layer with weights.
+        ValueError: when a pattern matches no layer with weights, or when a
+            group's pattern would miss one of its variables or reach a
+            variable of another layer (layers of the same name in several
+            nested models, variables whose path does not name their layer).
     """
     check_learning_rates(learning_rates)
+    owners = _variable_owners(model)
+    chosen = {}
     groups = {}
-    claimed = set()
     for pattern, multiplier in learning_rates.items():
-        matches = layers_matching(model, pattern, "Learning-rate pattern")
-        for layer in matches:
-            if layer.name not in claimed:
-                claimed.add(layer.name)
-                groups.setdefault(float(multiplier), []).append(layer.name)
-    return {m: sorted(names) for m, names in groups.items()}
+        for layer in layers_matching(model, pattern, "Learning-rate pattern"):
+            for variable in layer.weights:
+                if id(variable) in chosen:
+                    continue
+                chosen[id(variable)] = float(multiplier)
+                owner = owners.get(id(variable), layer)
+                groups.setdefault(float(multiplier), set()).add(owner.name)
+    groups = {m: sorted(names) for m, names in groups.items()}
+    _check_group_patterns(model, groups, chosen, owners)
+    return groups
+
+
+def _variable_owners(model):
+    """`id(variable) -> the innermost layer of the model holding it`."""
+    owners = {}
+    # Depth first, outer layers before inner ones: the innermost stays.
+    for layer in iter_layers(model):
+        for variable in layer.weights:
+            owners[id(variable)] = layer
+    return owners
+
+
+def _check_group_patterns(model, groups, chosen, owners):
+    """Raises unless each group's pattern reaches exactly its variables."""
+    patterns = {m: re.compile(group_pattern(n)) for m, n in groups.items()}
+    for variable in model.weights:
+        expected = chosen.get(id(variable))
+        reached = [m for m, p in patterns.items() if p.fullmatch(variable.path)]
+        if reached == ([] if expected is None else [expected]):
+            continue
+        owner = owners.get(id(variable))
+        where = (
+            f"variable '{variable.path}'"
+            if owner is None
+            else f"variable '{variable.path}' of layer '{owner.name}'"
+        )
+        if expected is not None and expected not in reached:
+            raise ValueError(
+                f"The learning-rate multiplier {expected} cannot reach "
+                f"{where}: variables are given to the sub-optimizers by "
+                "path, expected a path ending in '<layer name>/<variable "
+                "name>' for a layer of the group "
+                f"{groups[expected]}. Give the multiplier to the layer that "
+                "names the variable, or leave this layer out."
+            )
+        others = [m for m in reached if m != expected]
+        raise ValueError(
+            f"The learning-rate group {groups[others[0]]} (multiplier "
+            f"{others[0]}) would also reach {where}, which it does not "
+            f"select (expected multiplier: {expected}): variables are given "
+            "to the sub-optimizers by path, and layers of the same name in "
+            "different nested models cannot be told apart. Rename one of the "
+            "layers, or give them the same multiplier."
+        )
 
 
 def group_pattern(layer_names):
     """The `OptimizerMap` key matching the variables of `layer_names`.
 
-    Variable paths end in `<layer name>/<variable name>`, and what comes
-    before differs between a model built in code and one `load_model` made,
-    so the pattern anchors on the layer name only.
+    Variable paths run `<scopes>/<layer name>/<variable name>` (or deeper,
+    for layers made of sublayers, such as `MultiHeadAttention`), and the
+    scopes before the layer name differ between a model built in code and
+    one `load_model` made (and do not always name a nested model), so the
+    pattern anchors on the layer name only.
     """
     names = "|".join(re.escape(name) for name in layer_names)
-    return f"(?:.*/)?(?:{names})/[^/]+"
+    return f"(?:.*/)?(?:{names})/.+"
 
 
 def base_learning_rate(optimizer):
-    """The float learning rate of a plain optimizer, or raises."""
+    """The float learning rate of a plain optimizer or a
+    `MultiplierOptimizer` (its base rate), or raises."""
+    if isinstance(optimizer, MultiplierOptimizer):
+        return float(ops.convert_to_numpy(optimizer.learning_rate))
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         raise ValueError(
             "Per-layer learning rates are not available with loss scaling "
             "(mixed_float16); expected a plain optimizer. Use the "
             "'mixed_bfloat16' policy or no `learning_rates`."
+        )
+    if isinstance(optimizer, keras.optimizers.MultiOptimizer):
+        raise ValueError(
+            "A `keras.optimizers.MultiOptimizer` has no single learning rate "
+            "to scale; expected a plain optimizer or a "
+            "`keras_incremental.MultiplierOptimizer`. Received: "
+            f"{optimizer!r}"
         )
     rate = optimizer._learning_rate
     if not isinstance(rate, keras.Variable):
@@ -107,20 +185,49 @@ def _clone(optimizer, learning_rate, name):
 
 
 def multiplier_optimizer(template, base_rate, groups):
-    """A `MultiOptimizer`: `template`'s kind, one sub-optimizer a multiplier.
+    """A `MultiplierOptimizer`: `template`'s kind, one group a multiplier.
 
     Args:
-        template: A plain optimizer whose class and settings are copied.
+        template: The optimizer whose class and settings are copied: a plain
+            one, or a `MultiOptimizer` (its default sub-optimizer's).
         base_rate: The learning rate of the variables in no group.
         groups: A dict `multiplier -> layer names`, from `plan_groups`.
+
+    Returns:
+        A new, unbuilt `MultiplierOptimizer`, its groups in increasing order
+        of multiplier.
     """
-    default = _clone(template, base_rate, f"{template.name}_default")
-    mapping = keras.optimizers.OptimizerMap(default)
-    for index, (multiplier, names) in enumerate(sorted(groups.items())):
-        mapping[group_pattern(names)] = _clone(
-            template, base_rate * multiplier, f"{template.name}_group_{index}"
-        )
-    return keras.optimizers.MultiOptimizer(mapping, name="multi_optimizer")
+    if isinstance(template, keras.optimizers.MultiOptimizer):
+        template = template.optimizers[-1]  # The default one comes last.
+    base = _clone(template, float(base_rate), template.name)
+    multipliers = {
+        group_pattern(names): multiplier
+        for multiplier, names in sorted(groups.items())
+    }
+    return MultiplierOptimizer(base, multipliers, name="multi_optimizer")
+
+
+def update_multipliers(optimizer, groups):
+    """Gives `optimizer`'s groups the multipliers of `groups`, in place.
+
+    Args:
+        optimizer: The model's optimizer.
+        groups: A dict `multiplier -> layer names`, from `plan_groups`.
+
+    Returns:
+        Whether it could: `optimizer` is a `MultiplierOptimizer` with the
+        same groups of layers (only their multipliers may differ). When not,
+        a new optimizer is needed (`multiplier_optimizer`).
+    """
+    if not isinstance(optimizer, MultiplierOptimizer):
+        return False
+    multipliers = {
+        group_pattern(names): multiplier for multiplier, names in groups.items()
+    }
+    if set(multipliers) != set(optimizer.multipliers):
+        return False
+    optimizer.set_multipliers(multipliers)
+    return True
 
 
 def leaf_optimizers(optimizer):

@@ -334,11 +334,11 @@ def test_classes_of_any_hashable_kind():
 @pytest.mark.parametrize("softmax_last", [True, False])
 @pytest.mark.parametrize(
     "kind",
-    [keras.layers.Dropout, keras.layers.LayerNormalization],
-    ids=["dropout", "layer norm"],
+    [keras.layers.Reshape, keras.layers.LayerNormalization],
+    ids=["reshape", "layer norm"],
 )
 def test_refuses_other_layers_after_head(kind, softmax_last):
-    layer = kind(0.5) if kind is keras.layers.Dropout else kind()
+    layer = kind((3, 1)) if kind is keras.layers.Reshape else kind()
     inputs = keras.Input((8,))
     logits = keras.layers.Dense(3, name="logits")(inputs)
     if softmax_last:
@@ -348,6 +348,15 @@ def test_refuses_other_layers_after_head(kind, softmax_last):
     model = keras.Model(inputs, outputs)
     with pytest.raises(ValueError, match=f"comes from layer '{layer.name}'"):
         adopt_model(model, CLASSES)
+
+
+def test_width_keeping_layers_may_follow_the_head():
+    inputs = keras.Input((8,))
+    logits = keras.layers.Dense(3, name="logits")(inputs)
+    outputs = keras.layers.Softmax()(keras.layers.Dropout(0.5)(logits))
+    model, head = adopt_model(keras.Model(inputs, outputs), CLASSES)
+    assert head == "logits"
+    assert isinstance(model.get_layer("logits"), ki.ExpandableDense)
 
 
 def test_layers_shared_with_another_model():
@@ -438,3 +447,117 @@ def test_refuses_bad_paths(tmp_path):
         archive.writestr("readme.txt", "hello")
     with pytest.raises(ValueError, match="Keras could not load .*empty"):
         adopt_model(empty, CLASSES)
+
+
+def _saved_classifier(tmp_path):
+    """A plain Keras classifier on 3 of 4 classes, trained and saved."""
+    x, y = data(n=96, classes=4, seed=1)
+    old = y < 3
+    model = sequential("softmax")
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(x[old], y[old], epochs=2, verbose=0)
+    path = tmp_path / "classifier.keras"
+    model.save(path)
+    return model, path, (x, y)
+
+
+def test_incremental_model_adopt_then_a_stage(tmp_path):
+    source, path, (x, y) = _saved_classifier(tmp_path)
+    names = np.array(["cat", "dog", "bird", "fish"])
+    run = tmp_path / "run" / "stages.keras"
+    model, inc = ki.IncrementalModel.adopt(
+        path,
+        classes=names[:3],
+        strategy="replay",
+        memory_size=12,
+        checkpoint=run,
+        evaluation=(x, names[y]),
+    )
+    assert inc.classes_ == ["cat", "dog", "bird"]
+    assert inc.stage_ == 1 and inc.memory_size == 12
+    assert inc.strategy.name == "replay"
+    np.testing.assert_array_equal(
+        model.predict(x, verbose=0), source.predict(x, verbose=0)
+    )
+    assert not run.exists()  # adopting writes nothing
+    old = y < 3
+    assert inc.remember(x[old], names[y[old]]) == 12
+    assert np.bincount(inc.memory.samples()[1]).tolist() == [4, 4, 4]
+    xs, ys = inc.prepare(x[~old], names[y[~old]])
+    assert len(ys) == int((~old).sum()) + 12
+    model.fit(xs, ys, epochs=1, verbose=0, callbacks=[inc])
+    assert inc.classes_ == ["cat", "dog", "bird", "fish"]
+    assert model.get_layer("out").units == 4
+    assert inc.stage_classes_ == [[0, 1, 2], [3]]
+    # The adopted model counts as stage 1 of the accuracy matrix.
+    assert np.asarray(inc.metrics()["accuracy_matrix"]).shape == (2, 2)
+    restored, again = ki.IncrementalModel.restore(run)
+    assert again.classes_ == inc.classes_ and again.stage_ == 2
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def test_incremental_model_adopt_refusals_write_nothing(tmp_path):
+    source, path, _ = _saved_classifier(tmp_path)
+    run = tmp_path / "run" / "stages.keras"
+    with pytest.raises(ValueError, match="one name in `classes` per output"):
+        ki.IncrementalModel.adopt(path, ["a", "b"], checkpoint=run)
+    with pytest.raises(ValueError, match="unique class names"):
+        ki.IncrementalModel.adopt(source, ["a", "b", "a"], checkpoint=run)
+    with pytest.raises(TypeError, match="model="):
+        ki.IncrementalModel.adopt(source, ["a", "b", "c"], model=source)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ki.IncrementalModel.adopt(source, ["a", "b", "c"], memory=3)
+    normed = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(3), keras.layers.Normalization()]
+    )
+    with pytest.raises(ValueError, match="comes from layer"):
+        ki.IncrementalModel.adopt(normed, ["a", "b", "c"], checkpoint=run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier.keras"]
+
+
+def test_a_layer_sized_by_the_head_is_refused_before_training():
+    x, y = data()
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            ki.ExpandableDense(2, name="head"),
+            keras.layers.Dense(4, name="after"),
+        ]
+    )
+    model.compile(optimizer="adam", loss=SPARSE)
+    with pytest.raises(ValueError, match="Layer 'after' .* follows"):
+        ki.IncrementalModel(model=model)
+    inc = ki.IncrementalModel()
+    xs, ys = inc.prepare(x, y)
+    weights = values(model.weights)
+    with pytest.raises(ValueError, match="Layer 'after' .* follows"):
+        model.fit(xs, ys, epochs=1, verbose=0, callbacks=[inc])
+    assert model.get_layer("head").units == 2
+    for a, b in zip(weights, values(model.weights), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_model_with_two_outputs_is_refused_at_prepare():
+    x, y = data()
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(
+        inputs,
+        [
+            ki.ExpandableDense(0, name="head")(hidden),
+            keras.layers.Dense(1)(hidden),
+        ],
+    )
+    with pytest.raises(ValueError, match="several outputs"):
+        ki.IncrementalModel(model=model)
+    inc = ki.IncrementalModel()
+    inc.set_model(model)
+    with pytest.raises(ValueError, match="several outputs"):
+        inc.prepare(x, y)
+    assert inc.classes_ == []

@@ -13,9 +13,7 @@ from sklearn.datasets import load_digits
 import keras_incremental as ki
 from keras_incremental.stage_data import normalize_labels
 
-NAMES = np.array(
-    "zero one two three four five six seven eight nine".split()
-)
+NAMES = np.array("zero one two three four five six seven eight nine".split())
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,10 @@ from keras_incremental.learning_rates import leaf_optimizers
 from keras_incremental.learning_rates import multiplier_optimizer
 from keras_incremental.learning_rates import plan_groups
 from keras_incremental.learning_rates import rebuild_optimizer
+from keras_incremental.learning_rates import update_multipliers
+from keras_incremental.limits import check_growable_head
 from keras_incremental.memory import ExemplarMemory
+from keras_incremental.multiplier_optimizer import MultiplierOptimizer
 from keras_incremental.serving import export_for_serving
 from keras_incremental.strategies import StageContext
 from keras_incremental.strategies.features import feature_extractor
@@ -72,9 +75,11 @@ class IncrementalModel(keras.callbacks.Callback):
             but the head), a layer name or regular expression, a list of
             them, or a callable `layer -> bool`. Defaults to `None`.
         learning_rates: Optional dict mapping a layer name or regular
-            expression to a learning-rate multiplier (> 0), applied through a
-            `keras.optimizers.MultiOptimizer` whose state carries over between
-            stages. Defaults to `None`.
+            expression to a learning-rate multiplier (> 0); a nested model's
+            name covers every layer inside it. Applied through a
+            `MultiplierOptimizer` (a `keras.optimizers.MultiOptimizer` whose
+            `learning_rate` is the base rate) whose state carries over
+            between stages. Defaults to `None`.
         seed: Integer seed for exemplar selection and shuffling. Defaults to
             `0`.
         evaluation: Optional `(x_test, y_test)` with class labels as given
@@ -165,7 +170,7 @@ class IncrementalModel(keras.callbacks.Callback):
         self._stage_functions = None
         self._trace_key = None
         if model is not None:
-            find_head(model, head)
+            check_growable_head(model, head)
             self.set_model(model)
 
     @property
@@ -392,6 +397,7 @@ class IncrementalModel(keras.callbacks.Callback):
     def _check_options(self, model):
         check_freeze_spec(self.freeze)
         check_learning_rates(self.learning_rates)
+        check_growable_head(model, self.head)
         head = find_head(model, self.head)
         layers_to_freeze(model, head, self.freeze)
         if self.learning_rates:
@@ -540,28 +546,19 @@ class IncrementalModel(keras.callbacks.Callback):
             return
         groups = plan_groups(model, self.learning_rates)
         optimizer = model.optimizer
-        if self._groups is not None and _same_paths(self._groups, groups):
-            for multiplier, sub in self._sub_optimizers(optimizer, groups):
-                sub.learning_rate = self._base_rate * multiplier
-            self._groups = groups
-            return
-        template = optimizer
-        if isinstance(optimizer, keras.optimizers.MultiOptimizer):
-            template = optimizer.optimizers[-1]
-            base = self._base_rate
-        else:
-            base = base_learning_rate(optimizer)
-        self._base_rate = base
-        rebuild_optimizer(model, multiplier_optimizer(template, base, groups))
+        if not update_multipliers(optimizer, groups):
+            if isinstance(
+                optimizer, keras.optimizers.MultiOptimizer
+            ) and not isinstance(optimizer, MultiplierOptimizer):
+                # Saved before `MultiplierOptimizer`: no base rate of its own.
+                base = self._base_rate
+            else:
+                base = base_learning_rate(optimizer)
+            self._base_rate = base
+            rebuild_optimizer(
+                model, multiplier_optimizer(optimizer, base, groups)
+            )
         self._groups = groups
-
-    def _sub_optimizers(self, optimizer, groups):
-        model = self.model
-        for multiplier, names in groups.items():
-            variable = model.get_layer(names[0]).weights[0]
-            for sub in optimizer.optimizers:
-                if sub.built and compat.optimizer_knows(sub, variable):
-                    yield multiplier, sub
 
     def on_train_end(self, logs=None):
         if not self._end_deferred:
@@ -978,7 +975,3 @@ def _remove_loss(model):
     for name in ("compute_loss", "compute_metrics"):
         if name in vars(model):
             delattr(model, name)
-
-
-def _same_paths(old, new):
-    return sorted(map(tuple, old.values())) == sorted(map(tuple, new.values()))
