@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NAMES = {
+ORDER = [
     "zero",
     "one",
     "two",
@@ -21,7 +21,8 @@ NAMES = {
     "seven",
     "eight",
     "nine",
-}
+]
+NAMES = set(ORDER)
 
 
 def _python_blocks(path):
@@ -65,6 +66,10 @@ def test_mkdocs_build_strict(tmp_path):
     for name in (
         "keras_incremental.ExpandableDense",
         "keras_incremental.IncrementalModel.restore",
+        "keras_incremental.IncrementalModel.adopt",
+        "keras_incremental.IncrementalModel.remember",
+        "keras_incremental.IncrementalModel.encode",
+        "keras_incremental.IncrementalModel.class_weight",
         "keras_incremental.strategies.Combine",
         "keras_incremental.export_for_serving",
     ):
@@ -88,20 +93,30 @@ def test_tutorial_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
     out = result.stdout
 
+    # The plain classifier is adopted as it is: same predictions, its names
+    # in column order, and a memory filled from the old data.
+    assert _line(out, "adopted head:") == "ExpandableDense 8"
+    assert _line(out, "unchanged:") == "True"
+    assert ast.literal_eval(_line(out, "adopted classes:")) == ORDER[:8]
+    assert _percent(out, "before, zero..seven:") > 0.9
+    assert _line(out, "remembered:") == "200 samples"
+
     # The head grew from 8 to 10 units, the new names at the end.
     assert _line(out, "head units:") == "10"
-    classes = ast.literal_eval(_line(out, "classes:"))
-    assert classes[-2:] == ["eight", "nine"] and set(classes) == NAMES
+    assert ast.literal_eval(_line(out, "classes:")) == ORDER
 
     # Replay keeps the old classes; plain fine-tuning forgets them.
-    assert _percent(out, "old classes, zero..seven:") > 0.6
-    assert _percent(out, "all ten classes:") > 0.6
+    assert _percent(out, "old classes, zero..seven:") > 0.85
+    assert _percent(out, "new classes, eight, nine:") > 0.6
+    assert _percent(out, "all ten classes:") > 0.85
+    assert _percent(out, "validation accuracy:") > 0.85
     assert _percent(out, "fine-tuned only, zero..seven:") < 0.3
 
     # The checkpoint resumes the run as it was.
     assert "restored after stage 2: 10 classes, 200 stored samples" in out
     assert _line(out, "same predictions:") == "True"
     assert (tmp_path / "run" / "stages.keras").is_file()
+    assert (tmp_path / "classifier.keras").is_file()
 
     # The serving signature answers with class names.
     assert _line(out, "exported to") == os.path.join("run", "serving", "1")
