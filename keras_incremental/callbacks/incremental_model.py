@@ -10,6 +10,7 @@ from keras_incremental import checkpoint as checkpoints
 from keras_incremental import compat
 from keras_incremental import metrics
 from keras_incremental import stage_data
+from keras_incremental import stage_loss
 from keras_incremental import strategies
 from keras_incremental.adoption import adopt_model
 from keras_incremental.checks import check_unit_count
@@ -422,7 +423,7 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         # A `fit` that failed never reached `on_train_end`: drop what its
         # stage installed before this one starts.
-        _remove_loss(model)
+        stage_loss.remove_loss(model)
         self._context = None
         head = find_head(model, self.head)
         # The stage's functions see the head's width as free, so that they
@@ -464,7 +465,7 @@ class IncrementalModel(keras.callbacks.Callback):
             labels=prepared.labels,
         )
         self.strategy.begin_stage(self._context)
-        _install_loss(model, self.strategy, self._context)
+        stage_loss.install_loss(model, self.strategy, self._context)
         # Metrics that size themselves inside the first traced step would
         # see the free width: size them now.
         resize_lazy_metrics(model, head)
@@ -491,7 +492,7 @@ class IncrementalModel(keras.callbacks.Callback):
             else:
                 teacher.set_weights(weights)
         if teacher is None:
-            teacher = _frozen_copy(model)
+            teacher = stage_loss.frozen_copy(model)
             find_head(teacher, self.head)._free_width = True
         self._teacher = teacher
         return teacher
@@ -582,7 +583,7 @@ class IncrementalModel(keras.callbacks.Callback):
             )
             self._stage_functions = (model.train_function, model.test_function)
         head._free_width = False
-        _remove_loss(model)
+        stage_loss.remove_loss(model)
         compat.remake_compiled_functions(model)
         context = self._context
         if context is not None:
@@ -769,8 +770,9 @@ class IncrementalModel(keras.callbacks.Callback):
         """Starts a run from a classifier trained without this package.
 
         The twin of `restore` for the model you already have: its output
-        `keras.layers.Dense` (linear or softmax, possibly followed by a
-        `Softmax` or `Activation` layer) is replaced by an `ExpandableDense`
+        `keras.layers.Dense` (linear or softmax, possibly followed by layers
+        without weights that keep its width, such as `Softmax`, `Activation`
+        or `Dropout`) is replaced by an `ExpandableDense`
         with the same weights, so every prediction is unchanged, and the
         returned `IncrementalModel` knows its classes. The source counts as
         the run's first stage: the next `prepare` and `fit` bring the new
@@ -920,58 +922,3 @@ def _check_path(path, argument, suffix=None):
             f"Received: {argument}='{path}'"
         )
     return path
-
-
-def _frozen_copy(model):
-    """The model as it is now, frozen: the teacher for distillation."""
-    teacher = keras.models.clone_model(model)
-    teacher.set_weights(model.get_weights())
-    teacher.trainable = False
-    return teacher
-
-
-def _install_loss(model, strategy, context):
-    """Puts the strategy's loss terms into `model.compute_loss`.
-
-    Installed on the instance for the stage (Keras calls
-    `compute_loss(x, y, y_pred, sample_weight, training)` in every train and
-    test step), so the model class and its saved file stay as they were.
-    Targets packed as `(labels, logits, mask)` are unpacked for the
-    compiled loss and metrics.
-    """
-    base = strategies.Strategy
-    if not strategy.needs_logits and all(
-        type(p).loss is base.loss and type(p).weigh is base.weigh
-        for p in strategy.parts
-    ):
-        return
-    base_loss = type(model).compute_loss
-    base_metrics = type(model).compute_metrics
-
-    def compute_loss(
-        x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        labels = y[0] if isinstance(y, tuple) else y
-        if training:
-            sample_weight = strategy.weigh(context, labels, sample_weight)
-        loss = base_loss(
-            model, x, labels, y_pred, sample_weight, training=training
-        )
-        if training:
-            term = strategy.loss(context, x, y, y_pred)
-            if term is not None:
-                loss = loss + keras.ops.cast(term, loss.dtype)
-        return loss
-
-    def compute_metrics(x, y, y_pred, sample_weight=None):
-        labels = y[0] if isinstance(y, tuple) else y
-        return base_metrics(model, x, labels, y_pred, sample_weight)
-
-    model.compute_loss = compute_loss
-    model.compute_metrics = compute_metrics
-
-
-def _remove_loss(model):
-    for name in ("compute_loss", "compute_metrics"):
-        if name in vars(model):
-            delattr(model, name)

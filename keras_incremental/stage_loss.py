@@ -1,0 +1,66 @@
+"""The stage's loss: a strategy's terms installed on the model for one stage.
+
+Keras calls `model.compute_loss(x, y, y_pred, sample_weight, training)` in
+every train and test step; `install_loss` puts the strategy's terms there,
+on the instance, for the stage only (`remove_loss` takes them out), so the
+model's class and its saved file stay as they were.
+"""
+
+import keras
+
+from keras_incremental import strategies
+
+
+def frozen_copy(model):
+    """The model as it is now, frozen: the teacher for distillation."""
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights(model.get_weights())
+    teacher.trainable = False
+    return teacher
+
+
+def install_loss(model, strategy, context):
+    """Puts the strategy's loss terms into `model.compute_loss`.
+
+    Installed on the instance for the stage (Keras calls
+    `compute_loss(x, y, y_pred, sample_weight, training)` in every train and
+    test step), so the model class and its saved file stay as they were.
+    Targets packed as `(labels, logits, mask)` are unpacked for the
+    compiled loss and metrics.
+    """
+    base = strategies.Strategy
+    if not strategy.needs_logits and all(
+        type(p).loss is base.loss and type(p).weigh is base.weigh
+        for p in strategy.parts
+    ):
+        return
+    base_loss = type(model).compute_loss
+    base_metrics = type(model).compute_metrics
+
+    def compute_loss(
+        x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        labels = y[0] if isinstance(y, tuple) else y
+        if training:
+            sample_weight = strategy.weigh(context, labels, sample_weight)
+        loss = base_loss(
+            model, x, labels, y_pred, sample_weight, training=training
+        )
+        if training:
+            term = strategy.loss(context, x, y, y_pred)
+            if term is not None:
+                loss = loss + keras.ops.cast(term, loss.dtype)
+        return loss
+
+    def compute_metrics(x, y, y_pred, sample_weight=None):
+        labels = y[0] if isinstance(y, tuple) else y
+        return base_metrics(model, x, labels, y_pred, sample_weight)
+
+    model.compute_loss = compute_loss
+    model.compute_metrics = compute_metrics
+
+
+def remove_loss(model):
+    for name in ("compute_loss", "compute_metrics"):
+        if name in vars(model):
+            delattr(model, name)
