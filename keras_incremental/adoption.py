@@ -10,12 +10,12 @@ such as Adam's moments) come along, so training continues where it stopped.
 
 import collections.abc
 import os
-import zipfile
 
 import keras
 import numpy as np
 
 from keras_incremental import compat
+from keras_incremental.files import keras_file_path
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.limits import WIDTH_KEEPING_LAYERS
 
@@ -219,25 +219,9 @@ def _load(source):
             f"`.keras` file. Received: source={source!r} of type "
             f"{type(source).__name__}"
         )
-    path = os.fspath(source)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not path.endswith(".keras"):
-        raise ValueError(
-            "Expected `source` to be a `.keras` file, as written by "
-            f"`model.save('name.keras')`. Received: source='{path}'. For "
-            "another format, load the model yourself and pass it."
-        )
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"File not found: source='{path}'. Expected the path of an "
-            "existing `.keras` file."
-        )
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"'{path}' is not a `.keras` zip archive; expected a file "
-            f"written by `model.save`. Received: source='{path}'"
-        )
+    path = keras_file_path(
+        source, "For another format, load the model yourself and pass it."
+    )
     try:
         model = keras.saving.load_model(path, compile=True, safe_mode=True)
     except Exception as error:

@@ -1,5 +1,6 @@
 """Argument checks shared by the public functions."""
 
+import math
 import numbers
 
 
@@ -22,3 +23,23 @@ def check_unit_count(value, argument, minimum):
             f">= {minimum}. Received: {argument}={value}"
         )
     return int(value)
+
+
+def check_multiplier(pattern, multiplier):
+    """Returns `multiplier` as a float if it is a finite number > 0.
+
+    Raises:
+        ValueError: for anything else (bools included), naming `pattern`.
+    """
+    if (
+        isinstance(multiplier, bool)
+        or not isinstance(multiplier, numbers.Real)
+        or not math.isfinite(multiplier)
+        or multiplier <= 0
+    ):
+        raise ValueError(
+            f"Received an invalid learning-rate multiplier for "
+            f"{pattern!r}: expected a finite number > 0. Received: "
+            f"{multiplier!r}"
+        )
+    return float(multiplier)

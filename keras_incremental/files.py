@@ -3,6 +3,7 @@
 import contextlib
 import os
 import tempfile
+import zipfile
 
 
 def open_mode(path, directory=False):
@@ -42,3 +43,38 @@ def atomic_path(path, suffix):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def keras_file_path(source, other_formats):
+    """The path of an existing `.keras` archive named by `source`.
+
+    Args:
+        source: A string or `os.PathLike`.
+        other_formats: What to do with a file of another format, appended
+            to the error for a path without the `.keras` suffix.
+
+    Raises:
+        ValueError: for a path without the `.keras` suffix, one that does
+            not exist, or a file that is not a zip archive.
+    """
+    path = os.fspath(source)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path.endswith(".keras"):
+        raise ValueError(
+            "Expected `source` to be a `.keras` file, as written by "
+            f"`model.save('name.keras')`. Received: source='{path}'. "
+            f"{other_formats}"
+        )
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"File not found: source='{path}'. Expected the path of an "
+            "existing `.keras` file."
+        )
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"Expected `source` to be a `.keras` zip archive, as written by "
+            f"`model.save`; '{path}' is not a zip file. Received: "
+            f"source='{path}'"
+        )
+    return path

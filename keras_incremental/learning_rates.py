@@ -8,14 +8,13 @@ following one base rate), and carries the optimizer state (slots and step
 counters) from the optimizer it replaces.
 """
 
-import numbers
 import re
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_incremental import compat
+from keras_incremental.checks import check_multiplier
 from keras_incremental.growth import iter_layers
 from keras_incremental.growth import layers_matching
 from keras_incremental.multiplier_optimizer import MultiplierOptimizer
@@ -38,17 +37,7 @@ def check_learning_rates(learning_rates):
                 "Expected layer names or patterns as `learning_rates` keys. "
                 f"Received: {pattern!r} of type {type(pattern).__name__}"
             )
-        if (
-            isinstance(multiplier, bool)
-            or not isinstance(multiplier, numbers.Real)
-            or not np.isfinite(multiplier)
-            or multiplier <= 0
-        ):
-            raise ValueError(
-                f"Received an invalid learning-rate multiplier for "
-                f"{pattern!r}: expected a finite number > 0. Received: "
-                f"{multiplier!r}"
-            )
+        check_multiplier(pattern, multiplier)
 
 
 def plan_groups(model, learning_rates):

@@ -1,11 +1,11 @@
 """`MultiplierOptimizer`: one base learning rate, multiplied per group."""
 
-import numbers
 import re
 
 import keras
-import numpy as np
 from keras import ops
+
+from keras_incremental.checks import check_multiplier
 
 
 @keras.saving.register_keras_serializable(package="keras_incremental")
@@ -216,16 +216,5 @@ def _checked_multipliers(multipliers):
                 f"Multiplier pattern {pattern!r} is not a valid regular "
                 f"expression ({error}); expected one matching variable paths."
             ) from error
-        if (
-            isinstance(multiplier, bool)
-            or not isinstance(multiplier, numbers.Real)
-            or not np.isfinite(multiplier)
-            or multiplier <= 0
-        ):
-            raise ValueError(
-                f"Received an invalid learning-rate multiplier for "
-                f"{pattern!r}: expected a finite number > 0. Received: "
-                f"{multiplier!r}"
-            )
-        checked[pattern] = float(multiplier)
+        checked[pattern] = check_multiplier(pattern, multiplier)
     return checked

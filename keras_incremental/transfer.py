@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 from keras import ops
 
+from keras_incremental.files import keras_file_path
 from keras_incremental.layers import ExpandableDense
 
 _WEIGHTS_MEMBER = "model.weights.h5"
@@ -673,27 +674,11 @@ def _source_entries(source):
             f"`keras.Model`. Received: source={source!r} of type "
             f"{type(source).__name__}"
         )
-    path = os.fspath(source)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not path.endswith(".keras"):
-        raise ValueError(
-            "Expected `source` to be a `.keras` file, as written by "
-            f"`model.save('name.keras')`. Received: source='{path}'. For a "
-            "`.weights.h5` file, build the old model, `load_weights` into it "
-            "and pass that model."
-        )
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"File not found: source='{path}'. Expected the path of an "
-            "existing `.keras` file."
-        )
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"Expected `source` to be a `.keras` zip archive, as written by "
-            f"`model.save`; '{path}' is not a zip file. Received: "
-            f"source='{path}'"
-        )
+    path = keras_file_path(
+        source,
+        "For a `.weights.h5` file, build the old model, `load_weights` into "
+        "it and pass that model.",
+    )
     with zipfile.ZipFile(path) as archive:
         members = archive.namelist()
         if _WEIGHTS_MEMBER not in members:
