@@ -631,3 +631,9 @@ def layer_of(tensor):
     input), or `None` for a tensor outside a model's graph."""
     history = getattr(tensor, "_keras_history", None)
     return None if history is None else history.operation
+
+
+def softmax_logits(outputs):
+    """The logits a softmax was given, where Keras keeps them on its output
+    tensor (as its cross-entropy reads them), else `None`."""
+    return getattr(outputs, "_keras_logits", None)

@@ -561,3 +561,69 @@ def test_a_model_with_two_outputs_is_refused_at_prepare():
     with pytest.raises(ValueError, match="several outputs"):
         inc.prepare(x, y)
     assert inc.classes_ == []
+
+
+class _CountAdopt(ki.strategies.Strategy):
+    """Counts the `adopt` hook's calls and the head width it saw."""
+
+    def __init__(self):
+        self.calls = []
+
+    def adopt(self, context):
+        self.calls.append((context.stage, context.head.units))
+
+
+def test_the_adopt_hook_runs_once_before_the_first_stage(tmp_path):
+    _, path, (x, y) = _saved_classifier(tmp_path)
+    spy = _CountAdopt()
+    strategy = ki.strategies.Combine(ki.strategies.Replay(), spy)
+    model, inc = ki.IncrementalModel.adopt(
+        path, classes=[0, 1, 2], strategy=strategy, memory_size=12
+    )
+    inc.remember(x[y < 3], y[y < 3])
+    model.fit(*inc.prepare(x[y == 3], y[y == 3]), verbose=0, callbacks=[inc])
+    # Once, before the head grew from the adopted 3 units.
+    assert spy.calls == [(1, 3)]
+    model.fit(*inc.prepare(x[y < 2], y[y < 2]), verbose=0, callbacks=[inc])
+    assert spy.calls == [(1, 3)]
+    # A run that trained its own classes never calls it.
+    plain = keras.Sequential([keras.Input((8,)), ki.ExpandableDense(0)])
+    plain.compile(optimizer="adam", loss=SPARSE)
+    own = _CountAdopt()
+    run = ki.IncrementalModel(model=plain, strategy=own)
+    for classes in ([0, 1], [2, 3]):
+        plain.fit(
+            *run.prepare(*[a[np.isin(y, classes)] for a in (x, y)]),
+            verbose=0,
+            callbacks=[run],
+        )
+    assert own.calls == []
+
+
+def test_label_smoothing_softens_an_adopted_model_on_the_exemplars(tmp_path):
+    source, path, (x, y) = _saved_classifier(tmp_path)
+    model, inc = ki.IncrementalModel.adopt(path, [0, 1, 2], memory_size=30)
+    inc.remember(x[y < 3], y[y < 3])
+    x_old, y_old = inc.memory.samples()
+    body = [v for v in model.trainable_variables if "body" in v.path]
+    head = [v for v in model.trainable_variables if "body" not in v.path]
+    before = values(body)
+    logits = ki.strategies.features.logits_of
+    spread = float(np.std(logits(model.get_layer("out"), model(x_old))))
+    context = ki.strategies.StageContext(
+        model=model,
+        head=model.get_layer("out"),
+        stage=1,
+        old_units=3,
+        memory=inc.memory,
+        variables=head,  # the body frozen
+    )
+    ki.strategies.LabelSmoothing(0.5, adopt_epochs=3).adopt(context)
+    after = float(np.std(logits(model.get_layer("out"), model(x_old))))
+    assert after < spread
+    for a, b in zip(before, values(body), strict=True):
+        np.testing.assert_array_equal(a, b)
+    unchanged = values(model.weights)
+    ki.strategies.LabelSmoothing(0.5, adopt_epochs=0).adopt(context)
+    for a, b in zip(unchanged, values(model.weights), strict=True):
+        np.testing.assert_array_equal(a, b)

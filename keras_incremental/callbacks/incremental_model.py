@@ -170,6 +170,7 @@ class IncrementalModel(keras.callbacks.Callback):
         # unchanged, rather than paying for a retrace.
         self._stage_functions = None
         self._trace_key = None
+        self._adopted_stage = None
         if model is not None:
             check_growable_head(model, head)
             self.set_model(model)
@@ -431,6 +432,8 @@ class IncrementalModel(keras.callbacks.Callback):
         # metric still to be built might size itself from it.
         head._free_width = compat.compiled_metrics_allow_free_width(model)
         old_units = head.units
+        if self._adopted(head):
+            self._adopt(model, head)
         teacher = None
         if self.strategy.needs_teacher:
             # At the first stage too, with no class yet: its outputs are
@@ -470,6 +473,34 @@ class IncrementalModel(keras.callbacks.Callback):
         # see the free width: size them now.
         resize_lazy_metrics(model, head)
         self._use_stage_functions(model, head, teacher)
+
+    def _adopted(self, head):
+        """Whether this stage is the first on an adopted head: units that
+        no stage of this run trained (`adopt` marks its history entry)."""
+        if head.units == 0 or self._adopted_stage == self.stage_:
+            return False
+        return bool(self.history_ and self.history_[-1].get("adopted"))
+
+    def _adopt(self, model, head):
+        """Runs the strategy's `adopt` hook, once, before the teacher."""
+        frozen = {
+            id(v)
+            for layer in layers_to_freeze(model, head, self.freeze)
+            for v in layer.weights
+        }
+        self.strategy.adopt(
+            StageContext(
+                model=model,
+                head=head,
+                stage=self.stage_,
+                old_units=head.units,
+                memory=self.memory,
+                variables=[
+                    v for v in model.trainable_variables if id(v) not in frozen
+                ],
+            )
+        )
+        self._adopted_stage = self.stage_
 
     def _refresh_teacher(self, model):
         """The teacher: the model as it is now, frozen, outside the model.
@@ -836,6 +867,9 @@ class IncrementalModel(keras.callbacks.Callback):
         inc.encoder = encoder
         inc.stage_classes_ = [list(range(len(encoder)))]
         inc._record_stage()
+        # Its units were trained elsewhere: the strategy's `adopt` hook runs
+        # before the next stage (see `_adopted`).
+        inc.history_[-1]["adopted"] = True
         inc.stage_ = 1
         return model, inc
 

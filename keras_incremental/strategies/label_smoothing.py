@@ -1,4 +1,6 @@
 import keras
+import numpy as np
+import tensorflow as tf
 
 from keras_incremental.strategies.features import logits_of
 from keras_incremental.strategies.strategy import Strategy
@@ -15,8 +17,21 @@ class LabelSmoothing(Strategy):
     exemplars, so they overfit less, and gives the next stage's
     distillation softer targets.
 
+    A model trained elsewhere with hard labels and adopted (its classes
+    given to the run before its first stage) is far more confident than one
+    trained with this term: on the digits benchmark's MLP, its features are
+    2.6 times and its logit spread 4 times those of the same model trained
+    with label smoothing, and distilling from it keeps the new classes'
+    samples on the old classes' logits. Before the first stage on an
+    adopted head, the model is first trained for `adopt_epochs` epochs on
+    the memory's exemplars with this term (a fresh Adam at the model's
+    learning rate, batch 32), so that the teacher and the stage start from
+    a model in the regime the stage trains in.
+
     Args:
         epsilon: Weight of the uniform term, in [0, 1]. Defaults to `0.1`.
+        adopt_epochs: Epochs of that training on an adopted head, a
+            non-negative integer; 0 for none. Defaults to `5`.
 
     Example:
 
@@ -34,7 +49,7 @@ class LabelSmoothing(Strategy):
 
     name = "label_smoothing"
 
-    def __init__(self, epsilon=0.1):
+    def __init__(self, epsilon=0.1, adopt_epochs=5):
         if (
             isinstance(epsilon, bool)
             or not isinstance(epsilon, (int, float))
@@ -43,19 +58,74 @@ class LabelSmoothing(Strategy):
             raise ValueError(
                 f"Expected `epsilon` in [0, 1]. Received: epsilon={epsilon!r}"
             )
+        if (
+            isinstance(adopt_epochs, bool)
+            or not isinstance(adopt_epochs, int)
+            or adopt_epochs < 0
+        ):
+            raise ValueError(
+                "Expected a non-negative integer `adopt_epochs`. "
+                f"Received: adopt_epochs={adopt_epochs!r}"
+            )
         self.epsilon = float(epsilon)
+        self.adopt_epochs = adopt_epochs
+
+    def _term(self, logits):
+        ops = keras.ops
+        log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+        return self.epsilon * ops.mean(-ops.mean(log_probs, axis=-1))
+
+    def adopt(self, context, batch_size=32):
+        memory = context.memory
+        if not self.epsilon or not self.adopt_epochs or memory is None:
+            return
+        x, y = memory.samples()
+        if x is None or not len(y) or context.head.units == 0:
+            return
+        model, head = context.model, context.head
+        variables = context.variables
+        if variables is None:
+            variables = model.trainable_variables
+        if not variables:
+            return
+        optimizer = keras.optimizers.Adam(_learning_rate(model))
+        rng = np.random.default_rng([memory.seed, context.stage])
+        ops = keras.ops
+
+        @tf.function(reduce_retracing=True)
+        def step(xb, yb):
+            with tf.GradientTape() as tape:
+                logits = logits_of(head, model(xb, training=True))
+                loss = ops.mean(
+                    keras.losses.sparse_categorical_crossentropy(
+                        yb, logits, from_logits=True
+                    )
+                ) + self._term(logits)
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+
+        for _ in range(self.adopt_epochs):
+            order = rng.permutation(len(y))
+            for start in range(0, len(y), batch_size):
+                batch = order[start : start + batch_size]
+                step(x[batch], y[batch])
 
     def loss(self, context, x, y, y_pred):
         if not self.epsilon:
             return None
-        ops = keras.ops
-        logits = ops.cast(logits_of(context.head, y_pred), "float32")
-        log_probs = ops.log_softmax(logits, axis=-1)
-        return self.epsilon * ops.mean(-ops.mean(log_probs, axis=-1))
+        return self._term(logits_of(context.head, y_pred))
 
     def trace_signature(self, context):
         # Reads nothing that changes between stages.
         return ()
 
     def get_config(self):
-        return {"epsilon": self.epsilon}
+        return {"epsilon": self.epsilon, "adopt_epochs": self.adopt_epochs}
+
+
+def _learning_rate(model):
+    """The model's current learning rate, or Adam's default without one."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return 1e-3
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -27,6 +27,8 @@ class StageContext:
             or `None` when none were.
         labels: The class indices of the stage's own samples (arrays or
             dataset), or `None` when not known.
+        variables: The variables the stage may train (the frozen layers'
+            left out), or `None` for the model's trainable variables.
     """
 
     model: keras.Model
@@ -38,6 +40,7 @@ class StageContext:
     data: tuple = None
     replayed: object = None
     labels: object = None
+    variables: list = None
 
 
 class Strategy:
@@ -47,6 +50,9 @@ class Strategy:
     forgets. Subclasses override the hooks they need; `Combine` composes
     several. Hooks run inside `IncrementalModel`:
 
+    - `adopt(context)` once, at the first stage that starts on a head whose
+      units this run did not train (a model trained elsewhere and adopted),
+      before the teacher is taken and before the head grows;
     - `begin_stage(context)` after the head grew, before the first step;
     - `loss(context, x, y, y_pred)` inside the train step (traced), returns
       an extra loss term or `None`; `y` is the stage's target structure;
@@ -74,6 +80,20 @@ class Strategy:
     needs_teacher = False
     needs_logits = False
     needs_arrays = False
+
+    def adopt(self, context):
+        """Called once before the first stage on an adopted head.
+
+        An adopted head has units that no stage of this run trained (a
+        model trained elsewhere, with its classes given to the encoder and
+        its exemplars to the memory). The hook runs before the teacher is
+        taken and before the head grows, so what it changes in the model
+        is what the teacher and the stage start from.
+
+        Args:
+            context: A `StageContext` with no teacher; `old_units` is the
+                adopted head's width.
+        """
 
     def begin_stage(self, context):
         """Called after the head grew, before the stage's first step.
@@ -218,6 +238,10 @@ class Combine(Strategy):
     @property
     def parts(self):
         return list(self._parts)
+
+    def adopt(self, context):
+        for part in self._parts:
+            part.adopt(context)
 
     def begin_stage(self, context):
         for part in self._parts:
