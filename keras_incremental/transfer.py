@@ -162,7 +162,8 @@ def transfer_weights(
             `model` that is not a Keras model, class names that are not a
             sequence, or a `head` that is not a `Dense` layer.
         ValueError: for a path that does not exist or is not a `.keras` file
-            with a `model.weights.h5`, a model or source that is not built,
+            with a `model.weights.h5`, no layer matched by name (nothing
+            would be copied), a model or source that is not built,
             class name lists given alone, with duplicates or with a length
             other than the head's units, or unknown layers in `layers` or
             `head`.
@@ -242,6 +243,18 @@ def transfer_weights(
         report.unused = [
             item.label for item in sources if id(item) not in matched
         ]
+        if selected and sources and not (report.copied or report.grown):
+            # Auto-generated names (`dense_2` against `dense`) match nothing:
+            # a silent no-op would look like a transfer.
+            raise ValueError(
+                f"No layer of model '{model.name}' matched a layer of the "
+                "source by name, so no weight would be copied; expected the "
+                "layers to transfer to have the same names on both sides. "
+                f"Received model layers {_short(report.missing)} and source "
+                f"layers {_short(report.unused)}. Name the layers alike, or "
+                "start from the trained model itself with "
+                "`IncrementalModel.adopt(source, classes)`."
+            )
         # Everything is read and checked: only now is the model written.
         for layer, store in writes:
             layer.load_own_variables(store)

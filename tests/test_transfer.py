@@ -345,3 +345,19 @@ def test_archive_without_h5_weights_is_refused(saved_source, tmp_path):
     with pytest.raises(ValueError, match="model.weights.h5"):
         ki.transfer_weights(other, target)
     assert_same(all_values(target), before)
+
+
+def test_no_layer_matched_by_name_is_an_error(tmp_path):
+    def auto_named():
+        return keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(6), keras.layers.Dense(3)]
+        )
+
+    source = auto_named()
+    source.save(tmp_path / "source.keras")
+    target = auto_named()  # `dense_2`, `dense_3` against `dense`, `dense_1`
+    before = [np.array(w) for w in target.get_weights()]
+    with pytest.raises(ValueError, match="No layer of model .* matched"):
+        ki.transfer_weights(tmp_path / "source.keras", target)
+    for a, b in zip(before, target.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
