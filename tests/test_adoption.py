@@ -627,3 +627,16 @@ def test_label_smoothing_softens_an_adopted_model_on_the_exemplars(tmp_path):
     ki.strategies.LabelSmoothing(0.5, adopt_epochs=0).adopt(context)
     for a, b in zip(unchanged, values(model.weights), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("tail", ["softmax layer", "activation layer"])
+def test_strategies_read_logits_through_a_softmax_layer(tail):
+    model, head = adopt_model(functional(tail), CLASSES)
+    x, _ = data()
+    hidden = keras.Model(model.inputs, model.get_layer(head).output)
+    logits = ki.strategies.features.logits_of(model.get_layer(head), model(x))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(logits),
+        keras.ops.convert_to_numpy(hidden(x)),
+        atol=1e-6,
+    )

@@ -28,20 +28,21 @@ def feature_extractor(model, head):
 
 
 def logits_of(head, outputs):
-    """Logits from the head's outputs.
+    """Logits from the model's outputs.
 
-    After a softmax, the logits the softmax was given where the outputs
-    carry them (Keras keeps them on the softmax's output, as its
-    cross-entropy does), else log-probabilities. The clipped logarithm has
-    no gradient below 1e-7, and a confident model trained elsewhere has
-    many probabilities there (a quarter of them on the training data of an
-    adopted 15-epoch MLP), which label smoothing and distillation then
-    cannot move.
+    After a softmax (the head's activation, or a `Softmax` or `Activation`
+    layer after the head, as an adopted classifier may have), the logits the
+    softmax was given where the outputs carry them (Keras keeps them on the
+    softmax's output, as its cross-entropy does), else log-probabilities for
+    a softmax head. The clipped logarithm has no gradient below 1e-7, and a
+    confident model trained elsewhere has many probabilities there (a
+    quarter of them on the training data of an adopted 15-epoch MLP), which
+    label smoothing and distillation then cannot move.
     """
+    cached = compat.softmax_logits(outputs)
+    if cached is not None:
+        return cached
     if head.activation is keras.activations.softmax:
-        cached = compat.softmax_logits(outputs)
-        if cached is not None:
-            return cached
         return keras.ops.log(keras.ops.clip(outputs, 1e-7, 1.0))
     return outputs
 
