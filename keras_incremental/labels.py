@@ -84,7 +84,7 @@ class LabelEncoder:
         return len(self._classes)
 
     def __repr__(self):
-        return f"LabelEncoder(classes={_preview(self._classes)})"
+        return f"LabelEncoder(classes={preview(self._classes)})"
 
     def partial_fit(self, labels):
         """Appends the classes of `labels` that the encoder has not seen.
@@ -174,8 +174,8 @@ class LabelEncoder:
             names = [value for _, value in sorted(unseen)]
             raise ValueError(
                 f"Received {len(names)} label(s) that are not known classes: "
-                f"{_preview(names)}; expected only the encoder's "
-                f"{len(self._classes)} classes: {_preview(self._classes)}. "
+                f"{preview(names)}; expected only the encoder's "
+                f"{len(self._classes)} classes: {preview(self._classes)}. "
                 "Call `partial_fit` with these labels first to add them as "
                 "new classes."
             )
@@ -306,7 +306,7 @@ class LabelEncoder:
         if repeated:
             raise ValueError(
                 "The `LabelEncoder` config repeats class names "
-                f"{_preview(repeated)}; expected each class once. The config "
+                f"{preview(repeated)}; expected each class once. The config "
                 "is corrupted: write it again with `to_config()`."
             )
         encoder = cls()
@@ -322,7 +322,7 @@ class LabelEncoder:
             f"{self._kind}; expected {self._kind} labels, as one encoder "
             "holds class names of one kind. Convert the labels, or use a new "
             f"`LabelEncoder`. Received: {argument}[0]={_python(values[0])!r}, "
-            f"with known classes {_preview(self._classes)}"
+            f"with known classes {preview(self._classes)}"
         )
 
     def _add(self, kind, classes):
@@ -392,7 +392,7 @@ def labels_from_onehot(y):
             f"{array.shape[0]} rows are not; expected each row to hold a "
             "single 1 and 0 elsewhere. For probabilities or soft labels, take "
             "`np.argmax(y, axis=-1)` instead. "
-            f"Received: y[{row}]={_preview(array[row].tolist())}"
+            f"Received: y[{row}]={preview(array[row].tolist())}"
         )
     return np.argmax(ones, axis=1).astype(np.int64)
 
@@ -560,7 +560,7 @@ def _as_indices(indices):
         f"Received class indices of dtype {array.dtype}; expected integers. "
         "For probabilities, take `np.argmax(probabilities, axis=-1)`; for "
         "whole-number floats, cast with `.astype('int64')`. Received: "
-        f"indices={_preview(array.tolist())}"
+        f"indices={preview(array.tolist())}"
     )
 
 
@@ -608,7 +608,8 @@ def _object_array(items):
     return array
 
 
-def _preview(items):
+def preview(items):
+    """`items` as a list for an error message: at most `_PREVIEW` of them."""
     items = list(items)
     if len(items) <= _PREVIEW:
         return repr(items)

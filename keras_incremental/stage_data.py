@@ -16,9 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_incremental.labels import labels_from_onehot
+from keras_incremental.labels import preview
 from keras_incremental.targets import encode_targets
-
-_PREVIEW = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +352,7 @@ def encode(y, encoder, spec):
         raise ValueError(
             "No class is known yet; expected `prepare` (or `adopt`) to learn "
             "classes before `encode`. Received labels "
-            f"{_preview(labels.tolist())}"
+            f"{preview(labels.tolist())}"
         )
     indices = encoder.transform(text_labels(labels.tolist(), encoder))
     return encode_targets(indices, spec.fmt, spec.width)
@@ -390,8 +389,8 @@ def class_weight(weights, encoder):
     if unknown:
         raise ValueError(
             f"Received weights for {len(unknown)} class(es) the run does not "
-            f"know: {_preview(unknown)}; expected names among its "
-            f"{len(encoder)} classes: {_preview(encoder.classes_)}."
+            f"know: {preview(unknown)}; expected names among its "
+            f"{len(encoder)} classes: {preview(encoder.classes_)}."
         )
     return {
         int(i): float(weights[name])
@@ -422,8 +421,8 @@ def check_remember(x, y, encoder, memory):
         raise ValueError(
             f"`remember` takes samples of classes already known; received "
             f"{len(unknown)} sample(s) of unknown classes: "
-            f"{_preview(sorted(set(unknown), key=repr))}. Known classes: "
-            f"{_preview(encoder.classes_)}. New classes are learned by "
+            f"{preview(sorted(set(unknown), key=repr))}. Known classes: "
+            f"{preview(encoder.classes_)}. New classes are learned by "
             "`prepare` and `fit`."
         )
     return x, indices
@@ -486,10 +485,3 @@ def _sortable(labels):
     except TypeError:
         return False
     return True
-
-
-def _preview(items):
-    items = list(items)
-    shown = ", ".join(repr(item) for item in items[:_PREVIEW])
-    more = f", ... ({len(items)} in all)" if len(items) > _PREVIEW else ""
-    return f"[{shown}{more}]"
