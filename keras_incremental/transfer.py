@@ -11,10 +11,7 @@ a grown head its old columns.
 import collections
 import contextlib
 import dataclasses
-import io
-import math
 import os
-import zipfile
 
 import h5py
 import keras
@@ -22,15 +19,10 @@ import ml_dtypes
 import numpy as np
 from keras import ops
 
-from keras_incremental.files import keras_file_path
+from keras_incremental import safe_read
 from keras_incremental.layers import ExpandableDense
 
 _WEIGHTS_MEMBER = "model.weights.h5"
-# Guards against crafted files, as in Keras's own loader: a zip member or an
-# HDF5 dataset that declares far more bytes than it stores is refused.
-_BOMB_FLOOR_BYTES = 1 << 32
-_ZIP_MAX_EXPANSION = 100
-_H5_MAX_EXPANSION = 1000
 
 
 @dataclasses.dataclass
@@ -162,8 +154,11 @@ def transfer_weights(
             `model` that is not a Keras model, class names that are not a
             sequence, or a `head` that is not a `Dense` layer.
         ValueError: for a path that does not exist or is not a `.keras` file
-            with a `model.weights.h5`, no layer matched by name (nothing
-            would be copied), a model or source that is not built,
+            with a `model.weights.h5`, a damaged or crafted file (links,
+            data outside the file, declared sizes far beyond the stored
+            bytes; see `keras_incremental.safe_read`), no layer matched by
+            name (nothing would be copied), a model or source that is not
+            built,
             class name lists given alone, with duplicates or with a length
             other than the head's units, or unknown layers in `layers` or
             `head`.
@@ -265,13 +260,14 @@ class _Entry:
     """A layer with weights: its names from the top and its saved variables.
 
     `store` maps the keys of `save_own_variables` to arrays (or HDF5
-    datasets, read when needed).
+    datasets of the file at `path`, read when needed).
     """
 
-    def __init__(self, chain, store, layer=None):
+    def __init__(self, chain, store, layer=None, path=None):
         self.chain = chain
         self.store = store
         self.layer = layer
+        self.path = path
         self.label = chain[-1]
 
     @property
@@ -663,15 +659,24 @@ def _shape_list(entry):
 
 
 def _read_store(entry):
-    return {key: _read(value) for key, value in entry.store.items()}
+    return {key: _read(value, entry.path) for key, value in entry.store.items()}
 
 
-def _read(value):
-    if isinstance(value, h5py.Dataset):
-        if value.attrs.get("dtype") == "bfloat16":
-            return np.array(value, dtype=ml_dtypes.bfloat16)
-        return value[()]
-    return np.asarray(ops.convert_to_numpy(value))
+def _read(value, path):
+    if not isinstance(value, h5py.Dataset):
+        return np.asarray(ops.convert_to_numpy(value))
+    dtype = safe_read.read_attr(value, "dtype", path, "str", default=None)
+    if dtype != "bfloat16":
+        return safe_read.read_array(value, path)
+    # Keras saves bfloat16 as 2-byte opaque data, marked by this attribute.
+    array = safe_read.read_array(value, path, kinds="V")
+    if array.dtype.itemsize != 2:
+        raise ValueError(
+            f"Could not read dataset '{value.name}' of '{path}': expected "
+            "2-byte bfloat16 data, as its `dtype` attribute says. Received: "
+            f"dtype {array.dtype}"
+        )
+    return array.view(ml_dtypes.bfloat16)
 
 
 @contextlib.contextmanager
@@ -687,33 +692,26 @@ def _source_entries(source):
             f"`keras.Model`. Received: source={source!r} of type "
             f"{type(source).__name__}"
         )
-    path = keras_file_path(
-        source,
-        "For a `.weights.h5` file, build the old model, `load_weights` into "
-        "it and pass that model.",
-    )
-    with zipfile.ZipFile(path) as archive:
-        members = archive.namelist()
-        if _WEIGHTS_MEMBER not in members:
+    path = os.fsdecode(os.fspath(source))
+    if not path.endswith(".keras"):
+        raise ValueError(
+            "Expected `source` to be a `.keras` file, as written by "
+            f"`model.save('name.keras')`. Received: source='{path}'. For a "
+            "`.weights.h5` file, build the old model, `load_weights` into it "
+            "and pass that model."
+        )
+    with safe_read.open_zip(path, "`.keras` file `source`") as archive:
+        if _WEIGHTS_MEMBER not in archive.namelist():
             raise ValueError(
                 f"Expected a `{_WEIGHTS_MEMBER}` in the `.keras` archive "
-                f"'{path}', as `model.save` writes it; found {members}. Load "
-                "the model with `keras.saving.load_model` and pass it as "
-                "`source`."
+                f"'{path}', as `model.save` writes it; found "
+                f"{_short(archive.namelist())}. Load the model with "
+                "`keras.saving.load_model` and pass it as `source`."
             )
-        info = archive.getinfo(_WEIGHTS_MEMBER)
-        if (
-            info.file_size > _BOMB_FLOOR_BYTES
-            and info.file_size > _ZIP_MAX_EXPANSION * info.compress_size
-        ):
-            raise ValueError(
-                f"Not allowed: '{_WEIGHTS_MEMBER}' in '{path}' declares "
-                f"{info.file_size} bytes but stores {info.compress_size}; "
-                "refusing a potential decompression bomb."
-            )
-        data = archive.read(_WEIGHTS_MEMBER)
-    with h5py.File(io.BytesIO(data), "r") as h5_file:
-        yield _walk_h5(h5_file, path)
+        data = safe_read.read_member(archive, _WEIGHTS_MEMBER, path, None)
+    where = f"{path}/{_WEIGHTS_MEMBER}"
+    with safe_read.h5_file(data, path, _WEIGHTS_MEMBER) as h5_file:
+        yield _walk_h5(h5_file, where)
 
 
 def _walk_h5(h5_file, path):
@@ -721,65 +719,53 @@ def _walk_h5(h5_file, path):
 
     Keras saves each layer's variables in a `vars` group whose `name`
     attribute is the layer's name; the groups of inner layers sit below it.
-    The optimizer's group is left out.
+    The optimizer's group is left out. Links are refused (see
+    `safe_read.h5_child`), and so is a group reached twice (a hard link
+    cycle would otherwise never end).
     """
     entries = []
+    seen = set()
 
     def walk(group, chain, top):
+        if group.id in seen:
+            raise ValueError(
+                f"Could not read group '{group.name}' of '{path}': expected "
+                "each group once, as `model.save` writes them. Received: a "
+                "group reached by two paths (a hard link)"
+            )
+        seen.add(group.id)
         for key in group:
             if key == "vars" or (top and key == "optimizer"):
                 continue
-            child = _h5_child(group, key, h5py.Group, path)
+            child = safe_read.h5_child(group, key, h5py.Group, path, False)
             if child is None:
                 continue
             child_chain = chain
             if "vars" in child:
-                variables = _h5_child(child, "vars", h5py.Group, path)
-                name = variables.attrs.get("name", key)
-                if isinstance(name, bytes):
-                    name = name.decode()
-                child_chain = chain + (str(name),)
-                store = {
-                    item: _h5_child(variables, item, h5py.Dataset, path)
-                    for item in variables
-                }
+                variables = safe_read.h5_child(child, "vars", h5py.Group, path)
+                name = safe_read.read_attr(
+                    variables, "name", path, "str", default=key
+                )
+                child_chain = chain + (name,)
+                store = {}
+                for item in variables:
+                    dataset = safe_read.h5_child(
+                        variables, item, h5py.Dataset, path, False
+                    )
+                    if dataset is not None:
+                        store[item] = dataset
                 if store:
-                    entries.append(_Entry(child_chain, store))
+                    entries.append(_Entry(child_chain, store, path=path))
             walk(child, child_chain, False)
 
-    walk(h5_file, (), True)
-    return entries
-
-
-def _h5_child(group, key, kind, path):
-    """`group[key]` if it is a `kind`, refusing links and external data."""
-    link = group.get(key, getlink=True)
-    if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+    try:
+        walk(h5_file, (), True)
+    except RecursionError:
         raise ValueError(
-            f"Not allowed: '{path}' holds a {type(link).__name__} at "
-            f"'{group.name}/{key}'; expected a file written by `model.save`."
-        )
-    child = group[key]
-    if not isinstance(child, kind):
-        return None
-    if kind is h5py.Dataset:
-        if child.external or child.is_virtual:
-            raise ValueError(
-                f"Not allowed: '{path}' holds an external or virtual dataset "
-                f"at '{child.name}'; expected a file written by `model.save`."
-            )
-        declared = math.prod(child.shape) * child.dtype.itemsize
-        stored = child.id.get_storage_size()
-        if (
-            declared > _BOMB_FLOOR_BYTES
-            and declared > _H5_MAX_EXPANSION * stored
-        ):
-            raise ValueError(
-                f"Not allowed: dataset '{child.name}' in '{path}' declares "
-                f"{declared} bytes but stores {stored}; refusing a potential "
-                "shape bomb."
-            )
-    return child
+            f"Could not read '{path}': expected groups nested as `model.save`"
+            " writes them. Received: groups nested too deep to walk"
+        ) from None
+    return entries
 
 
 def _describe_growth(info):

@@ -124,3 +124,23 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="5 samples and 4 labels"):
         memory.update(np.zeros((5, 2)), np.zeros(4, dtype=int))
     assert len(memory) == 0
+
+
+def test_logits_follow_their_samples_when_an_update_has_none():
+    # A memory with logits, updated without `predict` (another strategy):
+    # its logits stay one row per sample, new samples without any.
+    memory = ExemplarMemory(8, seed=0)
+    memory.update(*_stage([0, 1]), predict=lambda x: np.full((len(x), 2), 1.0))
+    memory.update(*_stage([2, 3], seed=1))
+    assert memory.logits_.shape[0] == len(memory) == 8
+    old = np.isin(memory.samples()[1], [0, 1])
+    np.testing.assert_array_equal(memory.logit_widths_, np.where(old, 2, 0))
+    logits, mask = memory.logit_targets(4)
+    np.testing.assert_array_equal(mask[old], [[1, 1, 0, 0]] * old.sum())
+    np.testing.assert_array_equal(mask[~old], 0.0)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
+        memory.save(file.create_group("memory"))
+    with h5py.File(io.BytesIO(buffer.getvalue()), "r") as file:
+        loaded = ExemplarMemory.load(file["memory"], memory_size=8)
+    np.testing.assert_array_equal(loaded.logit_widths_, memory.logit_widths_)

@@ -1,6 +1,8 @@
+import io
 import json
 import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -270,7 +272,7 @@ def test_bad_inputs_raise_and_leave_model_unchanged(saved_source, tmp_path):
     not_zip = tmp_path / "broken.keras"
     not_zip.write_text("not a zip")
     cases = [
-        (ValueError, "File not found", dict(source=tmp_path / "no.keras")),
+        (ValueError, "file not found", dict(source=tmp_path / "no.keras")),
         (ValueError, "`.keras` file", dict(source=tmp_path / "w.weights.h5")),
         (ValueError, "not a zip", dict(source=not_zip)),
         (TypeError, "`keras.Model`", dict(source=42)),
@@ -361,3 +363,66 @@ def test_no_layer_matched_by_name_is_an_error(tmp_path):
         ki.transfer_weights(tmp_path / "source.keras", target)
     for a, b in zip(before, target.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _edited_weights(path, edited, edit):
+    """Copies the `.keras` at `path` to `edited`, editing its weights file."""
+    with zipfile.ZipFile(path) as old:
+        members = {name: old.read(name) for name in old.namelist()}
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "r+") as file:
+        edit(file)
+    members["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(edited, "w") as new:
+        for name, data in members.items():
+            new.writestr(name, data)
+    return edited
+
+
+def test_crafted_weights_files_are_refused(saved_source, tmp_path):
+    _, path = saved_source
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 4096)
+
+    def external(file):
+        variables = file["layers/dense/vars"]
+        shape = variables["0"].shape
+        del variables["0"]
+        variables.create_dataset(
+            "0", shape=shape, dtype="float32", external=[(secret, 0, 4096)]
+        )
+
+    def soft_link(file):
+        file["layers/alias"] = h5py.SoftLink("/layers/dense")
+
+    def cycle(file):
+        file["layers/dense/loop"] = file["layers"]
+
+    cases = [
+        (external, "external storage"),
+        (soft_link, "SoftLink"),
+        (cycle, "two paths"),
+    ]
+    target = stacked(3)
+    before = all_values(target)
+    for index, (edit, problem) in enumerate(cases):
+        crafted = _edited_weights(path, tmp_path / f"c{index}.keras", edit)
+        with pytest.raises(ValueError, match=problem) as info:
+            ki.transfer_weights(crafted, target)
+        assert str(crafted) in str(info.value)
+        assert_same(all_values(target), before)
+
+
+def test_bfloat16_weights_transfer_bit_exactly(tmp_path):
+    # Keras saves bfloat16 as 2-byte opaque HDF5 data with a marker.
+    def model():
+        layer = keras.layers.Dense(4, dtype="bfloat16", name="d")
+        return keras.Sequential([keras.Input((3,)), layer])
+
+    source = model()
+    randomize(source)
+    source.save(tmp_path / "bf16.keras")
+    target = model()
+    report = ki.transfer_weights(tmp_path / "bf16.keras", target)
+    assert len(report.copied) == 1
+    assert_same(all_values(target), all_values(source))

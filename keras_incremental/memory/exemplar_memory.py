@@ -1,6 +1,11 @@
+import math
+
+import h5py
 import numpy as np
 
+from keras_incremental import safe_read
 from keras_incremental.checks import check_unit_count
+from keras_incremental.memory.selection import SELECTIONS
 from keras_incremental.memory.selection import check_selection
 from keras_incremental.memory.selection import herding_order
 from keras_incremental.memory.selection import random_order
@@ -111,7 +116,9 @@ class ExemplarMemory:
             keep.append(members[:quota])
         keep = np.concatenate(keep)
         new_logits = None
-        if predict is not None:
+        if predict is not None or self.logits_ is not None:
+            # Stored logits follow their samples (new ones without `predict`
+            # get none), so they stay one row per stored sample.
             new_logits = self._logits_for(x, keep, fresh, predict)
         self.x_ = x[keep]
         self.y_ = y[keep]
@@ -127,7 +134,9 @@ class ExemplarMemory:
     def _logits_for(self, x, keep, fresh, predict):
         """Stored logits kept, new ones computed for the new samples."""
         new = keep[fresh[keep]]
-        computed = np.asarray(predict(x[new])) if new.size else None
+        computed = None
+        if new.size and predict is not None:
+            computed = np.asarray(predict(x[new]))
         # A memory filled without logits (another strategy before) has
         # none for its stored samples: they replay their labels only.
         known = min(len(self), self.logit_widths_.shape[0])
@@ -181,23 +190,184 @@ class ExemplarMemory:
             group.create_dataset("logit_widths", data=self.logit_widths_)
 
     @classmethod
-    def load(cls, group):
-        """Reads a memory written by `save` from an open `h5py` group."""
-        selection = group.attrs.get("selection", "random")
-        if isinstance(selection, bytes):
-            selection = selection.decode("utf-8")
-        memory = cls(
-            int(group.attrs["memory_size"]),
-            selection=str(selection),
-            seed=int(group.attrs["seed"]),
-        )
-        memory.updates_ = int(group.attrs["updates"])
-        memory.y_ = np.asarray(group["y"][()], dtype="int64")
-        if "x" in group:
-            memory.x_ = np.asarray(group["x"][()])
-        if "logits" in group:
-            memory.logits_ = np.asarray(group["logits"][()])
-            memory.logit_widths_ = np.asarray(
-                group["logit_widths"][()], dtype="int64"
+    def load(cls, group, memory_size=None, source="memory", sample_shape=None):
+        """Reads a memory written by `save` from an open `h5py` group.
+
+        The group is untrusted input: its attributes, the declared shapes
+        and storage of its datasets (see `keras_incremental.safe_read`) and
+        then their values are checked before anything is built.
+
+        Args:
+            group: An open `h5py.Group`, as `save` wrote it.
+            memory_size: Optional budget of the run that loads the memory;
+                the budget in the file must equal it. Defaults to `None`,
+                no check.
+            source: The name of the file (and part) for messages. Defaults
+                to `"memory"`.
+            sample_shape: Optional shape of one sample (the model's input
+                without the batch axis); the stored samples must have it,
+                checked before they are read. Defaults to `None`, no check.
+
+        Returns:
+            An `ExemplarMemory`.
+
+        Raises:
+            ValueError: for a missing or invalid attribute, a budget other
+                than `memory_size`, samples not of `sample_shape`, more
+                exemplars than the budget, arrays whose rows disagree,
+                labels that are not non-negative integers, inputs or logits
+                that are not finite numbers, or logit widths beyond the
+                stored logits.
+        """
+        path = source
+        size = safe_read.read_attr(group, "memory_size", path, "int")
+        selection = safe_read.read_attr(group, "selection", path, "str")
+        seed = safe_read.read_attr(group, "seed", path, "int")
+        updates = safe_read.read_attr(group, "updates", path, "int")
+        if size < 0 or updates < 0:
+            raise _invalid(
+                path,
+                group,
+                "non-negative `memory_size` and `updates`",
+                f"memory_size={size}, updates={updates}",
             )
+        if selection not in SELECTIONS:
+            raise _invalid(
+                path,
+                group,
+                f"a selection among {list(SELECTIONS)}",
+                f"selection={selection!r}",
+            )
+        if memory_size is not None and memory_size != size:
+            raise _invalid(
+                path,
+                group,
+                f"the run's budget memory_size={memory_size}; the budget in "
+                "the file disagrees with the run's settings",
+                f"memory_size={size}",
+            )
+
+        y_set = safe_read.h5_child(group, "y", h5py.Dataset, path)
+        rows = _rows(y_set, path)
+        if rows > size:
+            raise _invalid(
+                path,
+                group,
+                f"at most memory_size={size} exemplars",
+                f"{rows} labels in '{y_set.name}'",
+            )
+        datasets = {"y": y_set}
+        for key in ("x", "logits", "logit_widths"):
+            if group.get(key, getlink=True) is not None:
+                datasets[key] = safe_read.h5_child(
+                    group, key, h5py.Dataset, path
+                )
+                if _rows(datasets[key], path) != rows:
+                    raise _invalid(
+                        path,
+                        group,
+                        f"one row per label ({rows}) in '{group.name}/{key}'",
+                        f"shape {datasets[key].shape}",
+                    )
+        if (
+            sample_shape is not None
+            and "x" in datasets
+            and tuple(datasets["x"].shape[1:]) != tuple(sample_shape)
+        ):
+            raise _invalid(
+                path,
+                group,
+                f"samples of shape {tuple(sample_shape)} (the model's input)"
+                f" in '{group.name}/x'",
+                f"shape {datasets['x'].shape}",
+            )
+        if rows and "x" not in datasets:
+            raise _invalid(
+                path, group, f"a dataset 'x' for its {rows} labels", "none"
+            )
+        if ("logits" in datasets) != ("logit_widths" in datasets):
+            raise _invalid(
+                path,
+                group,
+                "both 'logits' and 'logit_widths', or neither",
+                f"only {'logits' if 'logits' in datasets else 'logit_widths'}",
+            )
+
+        y = _read(y_set, path, "iu", ndim=1)
+        if rows and (y.min() < 0 or y.max() > np.iinfo("int64").max):
+            raise _invalid(
+                path,
+                group,
+                f"class indices >= 0 in '{y_set.name}'",
+                f"labels from {y.min()} to {y.max()}",
+            )
+        memory = cls(size, selection=selection, seed=seed)
+        memory.updates_ = updates
+        memory.y_ = y.astype("int64")
+        if "x" in datasets:
+            memory.x_ = _read(datasets["x"], path, "iuf")
+        if "logits" in datasets:
+            logits = _read(datasets["logits"], path, "f", ndim=2)
+            widths = _read(datasets["logit_widths"], path, "iu", ndim=1)
+            if rows and (widths.min() < 0 or widths.max() > logits.shape[1]):
+                raise _invalid(
+                    path,
+                    group,
+                    f"logit widths within [0, {logits.shape[1]}] (the "
+                    "stored logits' columns)",
+                    f"widths from {widths.min()} to {widths.max()}",
+                )
+            memory.logits_ = logits
+            memory.logit_widths_ = widths.astype("int64")
         return memory
+
+    def check_classes(self, n_classes, source):
+        """Raises unless every stored label is below `n_classes`.
+
+        Args:
+            n_classes: The number of classes the run knows.
+            source: The name of the file the memory came from, for messages.
+
+        Raises:
+            ValueError: when a stored label is `n_classes` or more.
+        """
+        if len(self) and int(self.y_.max()) >= n_classes:
+            raise ValueError(
+                f"Could not use the exemplar memory of '{source}': expected "
+                f"class indices below {n_classes}, the number of classes the "
+                f"run knows. Received: label {int(self.y_.max())}"
+            )
+
+
+def _invalid(path, group, expected, received):
+    return ValueError(
+        f"Could not read the exemplar memory '{group.name}' of '{path}': "
+        f"expected {expected}. Received: {received}"
+    )
+
+
+def _rows(dataset, path):
+    """The declared first dimension of a dataset (its metadata only)."""
+    shape = dataset.shape
+    if not shape:
+        raise ValueError(
+            f"Could not read dataset '{dataset.name}' of '{path}': expected "
+            f"one row per exemplar. Received: shape {shape}"
+        )
+    return shape[0]
+
+
+def _read(dataset, path, kinds, ndim=None):
+    """Reads `dataset` (no chunk larger than itself), refusing NaN and
+    infinite values."""
+    array = safe_read.read_array(
+        dataset, path, math.prod(dataset.shape), kinds=kinds, ndim=ndim
+    )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(
+            f"Could not read dataset '{dataset.name}' of '{path}': expected "
+            "finite values (a NaN or infinite exemplar would poison "
+            f"training). Received: {int((~np.isfinite(array)).sum())} "
+            "non-finite values"
+        )
+    return array
