@@ -88,7 +88,16 @@ def grow_variable(variable, value):
     backing = variable._value
     if not growable(variable):
         variable._value = _growable_tf_variable(backing, value)
-    elif _is_plain_tf_variable(backing):
+    else:
+        _assign_any_shape(backing, value)
+    variable._shape = variable._validate_shape(value.shape)
+    return True
+
+
+def _assign_any_shape(backing, value):
+    """Assigns `value` to TensorFlow variable `backing`, whose last
+    dimension is free."""
+    if _is_plain_tf_variable(backing):
         # The raw op: `assign`'s checks and read-back cost several times
         # the assignment itself, which is what growth is made of.
         import tensorflow as tf
@@ -99,8 +108,32 @@ def grow_variable(variable, value):
         )
     else:  # Distributed: every replica takes the value.
         backing.assign(value, read_value=False)
-    variable._shape = variable._validate_shape(value.shape)
-    return True
+
+
+def variable_state(variable):
+    """What `restore_variable` needs to put `variable` back as it is now.
+
+    Taken before a growth that may fail half way: its backend variable, its
+    shape and its value (read cheaply, see `variable_numpy`).
+    """
+    return (variable._value, variable._shape, variable_numpy(variable))
+
+
+def restore_variable(variable, state):
+    """Puts `variable` back as it was when `state` was taken
+    (`variable_state`): the same backend variable (so that traced functions
+    holding it stay valid), shape and value.
+
+    A growth either gives a variable a new backend variable, leaving the old
+    one as it was, or assigns to a growable one in place; only the latter
+    needs its value written back. Off TensorFlow, variables are replaced,
+    never changed, by a growth.
+    """
+    backing, shape, value = state
+    variable._value = backing
+    if keras.backend.backend() == "tensorflow" and growable(variable):
+        _assign_any_shape(backing, value)
+    variable._shape = shape
 
 
 def variable_numpy(variable):
@@ -355,6 +388,93 @@ def replace_optimizer_variable(optimizer, old, new):
                     _set_list_item(value, i, new)
 
 
+def fresh_slot_values(optimizer, variables, values, kinds):
+    """The values an optimizer like `optimizer` starts the slots of
+    variables holding `values` with.
+
+    Most optimizers start a slot at zero, some at the variable's value
+    (`ScheduleFreeAdamW`'s `momentum`); rather than a list of which, a new
+    optimizer of `optimizer`'s class and config is built on temporary
+    variables named as `variables` and holding `values` (the new units of a
+    growing head only, so the cost follows the head), and its slots are
+    read.
+
+    Args:
+        optimizer: A built optimizer.
+        variables: The model variables the values are for (their names and
+            dtypes are used).
+        values: One NumPy array per variable.
+        kinds: Names of the slot lists to read (see
+            `optimizer_slot_lists`).
+
+    Returns:
+        `{kind: [array or None, one per variable]}` for each kind the new
+        optimizer has, or `None` when an optimizer cannot be made from
+        `optimizer`'s config or built (a custom optimizer whose `get_config`
+        misses an argument).
+    """
+    try:
+        fresh = type(optimizer).from_config(optimizer.get_config())
+        temporaries = [
+            keras.Variable(
+                initializer=np.asarray(value),
+                dtype=variable.dtype,
+                trainable=True,
+                name=variable.name,
+            )
+            for variable, value in zip(variables, values, strict=True)
+        ]
+        fresh.build(temporaries)
+    except Exception:  # Any failure of another's code: no fresh values.
+        return None
+    found = {}
+    for kind in kinds:
+        slots = vars(fresh).get(kind)
+        if isinstance(slots, (list, tuple)) and len(slots) == len(values):
+            found[kind] = [
+                None if slot is None else np.array(variable_numpy(slot))
+                for slot in slots
+            ]
+    return found
+
+
+def layer_variables_state(layer):
+    """What `restore_layer_variables` needs to put back the variables of
+    `layer` as they are now: its lists of tracked variables, in order, and
+    the attributes that hold variables (`Dense._kernel`, `bias`)."""
+    tracker = layer._tracker
+    stores = {
+        name: list(tracker.config[name][1])
+        for name in ("trainable_variables", "non_trainable_variables")
+        if name in tracker.config
+    }
+    attributes = {
+        name: value
+        for name, value in vars(layer).items()
+        if isinstance(value, keras.Variable)
+    }
+    return stores, attributes
+
+
+def restore_layer_variables(layer, state):
+    """Gives `layer` back the variables it had when `state` was taken
+    (`layer_variables_state`), after a growth that replaced some of them
+    failed half way."""
+    stores, attributes = state
+    tracker = layer._tracker
+    with unlocked_tracker(layer):
+        for name, variable in attributes.items():
+            if vars(layer).get(name) is not variable:
+                # Through `__setattr__`, which also updates the TensorFlow
+                # checkpoint dependencies.
+                setattr(layer, name, variable)
+        for name, variables in stores.items():
+            _set_list_contents(tracker.config[name][1], variables)
+            ids = tracker.stored_ids[name]
+            ids.clear()
+            ids.update(id(variable) for variable in variables)
+
+
 def replace_trainable_variable(optimizer, old, new):
     """Makes `optimizer` update `new` where it updated `old`, same index."""
     key = optimizer._var_key(old)
@@ -400,6 +520,17 @@ def _set_list_item(items, index, value):
         items[index] = value
         return
     storage[index] = value
+    items._update_snapshot()
+
+
+def _set_list_contents(items, values):
+    """`items[:] = values`, also in TensorFlow's list wrapper (see
+    `_set_list_item`)."""
+    storage = getattr(items, "_storage", None)
+    if storage is None:
+        items[:] = values
+        return
+    storage[:] = values
     items._update_snapshot()
 
 
@@ -637,3 +768,14 @@ def softmax_logits(outputs):
     """The logits a softmax was given, where Keras keeps them on its output
     tensor (as its cross-entropy reads them), else `None`."""
     return getattr(outputs, "_keras_logits", None)
+
+
+def is_softmax(operation):
+    """Whether a layer or `keras.ops` operation of a model's graph computes
+    a softmax: a `Softmax` layer, a layer whose `activation` is softmax
+    (`Dense`, `Activation`), or `keras.ops.softmax`."""
+    from keras.src.ops.nn import Softmax
+
+    if isinstance(operation, (keras.layers.Softmax, Softmax)):
+        return True
+    return getattr(operation, "activation", None) is keras.activations.softmax

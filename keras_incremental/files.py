@@ -2,8 +2,101 @@
 
 import contextlib
 import os
+import re
+import shutil
+import stat
 import tempfile
 import zipfile
+
+# Temporary files and folders of the atomic writers are named
+# `.partial-<pid>-<random><suffix>`, `<pid>` being the writer's process id,
+# so that the leftovers of a killed writer can be told apart from the work of
+# a live one. `<random>` is `tempfile`'s: 8 of `[a-z0-9_]`; `<suffix>` is a
+# file name extension or several (`.keras`, `.weights.h5`), or none.
+_PARTIAL = re.compile(
+    r"\.partial-([1-9][0-9]{0,9})-[a-z0-9_]{8}(?:\.[A-Za-z0-9_]+)*"
+)
+
+
+def partial_prefix():
+    """The name prefix of this process's temporary files and folders, for
+    `tempfile.mkstemp` and `mkdtemp`: `".partial-<pid>-"`."""
+    return f".partial-{os.getpid()}-"
+
+
+def remove_stale_partials(folder):
+    """Removes the leftovers of killed atomic writes from `folder`.
+
+    A writer that is killed (or whose machine stops) leaves its temporary
+    file or folder behind. Those named by this package's writers,
+    `.partial-<pid>-<random><suffix>` (see `partial_prefix`), whose `<pid>`
+    is not a running process, are removed; nothing else is: not a live
+    writer's, not a name of another pattern, not a symbolic link. The
+    writers call it before they write into `folder`.
+
+    A writer on another machine (or in another process namespace) that
+    shares the folder is not known here by its process id: its temporary
+    files could be taken for leftovers. Share a folder between processes of
+    one machine only.
+
+    It does nothing on Windows, where a process cannot be asked whether it
+    runs in this way.
+
+    Args:
+        folder: A folder path (string or `os.PathLike`). A missing folder
+            has no leftovers.
+
+    Returns:
+        The names of the removed entries, as a list of strings.
+
+    Raises:
+        TypeError: when `folder` is not a path.
+    """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(
+            "Expected `folder` to be a folder path (a string or "
+            f"`os.PathLike`). Received: folder={folder!r} of type "
+            f"{type(folder).__name__}"
+        )
+    folder = os.fspath(folder)
+    if os.name == "nt":
+        return []
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in names:
+        match = _PARTIAL.fullmatch(name)
+        if match is None or not _process_ended(int(match.group(1))):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(path)
+            elif stat.S_ISREG(mode):
+                os.remove(path)
+            else:
+                continue
+        except OSError:
+            # Removed by another writer meanwhile, or not ours to remove:
+            # a leftover never stops a write.
+            continue
+        removed.append(name)
+    return removed
+
+
+def _process_ended(pid):
+    """Whether no process with id `pid` runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        # `PermissionError`: it runs, as another user.
+        return False
+    return False
 
 
 def open_mode(path, directory=False):
@@ -25,12 +118,16 @@ def atomic_path(path, suffix):
     (synced, with the umask's mode) when the block ends without an error,
     and removes it otherwise. The folder is made when missing.
 
-    A crash at any moment leaves the previous file at `path` whole.
+    A crash at any moment leaves the previous file at `path` whole. The
+    temporary file is named `.partial-<pid>-<random><suffix>`; the leftovers
+    of writers killed before (see `remove_stale_partials`) are removed from
+    the folder first.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    remove_stale_partials(folder)
     handle, temporary = tempfile.mkstemp(
-        prefix=".partial-", suffix=suffix, dir=folder
+        prefix=partial_prefix(), suffix=suffix, dir=folder
     )
     os.close(handle)
     try:

@@ -1,17 +1,22 @@
 """Growing a compiled model's head in place, with everything that follows it."""
 
-import re
+import warnings
 
 import keras
 import numpy as np
+from keras import initializers
 from keras import ops
 
 from keras_incremental import compat
 from keras_incremental.checks import check_unit_count
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.layers.new_units import new_units_value
+from keras_incremental.patterns import compile_pattern
 
-# Slot lists that follow the variable's value rather than start at zero: the
-# exponential moving average of `use_ema=True`.
+# Slot lists that hold the variable's value once the optimizer has taken a
+# step, whatever they start with in `build`: the exponential moving average
+# of `use_ema=True` (its first step copies the variable). Every other slot of
+# a new unit starts as a freshly built optimizer starts it.
 _VALUE_SLOTS = ("_model_variables_moving_average",)
 
 
@@ -33,16 +38,11 @@ def layers_matching(model, pattern, purpose):
             (e.g. `"Freeze pattern"`).
 
     Raises:
-        ValueError: for an invalid expression, or one that matches no layer.
+        ValueError: for an invalid or unsafe expression
+            (`patterns.compile_pattern`), or one that matches no layer.
     """
     layers = [layer for layer in iter_layers(model) if layer.weights]
-    try:
-        compiled = re.compile(pattern)
-    except re.error as error:
-        raise ValueError(
-            f"{purpose} {pattern!r} is not a valid regular expression "
-            f"({error}); expected a layer name or pattern."
-        ) from error
+    compiled = compile_pattern(pattern, purpose)
     matches = [layer for layer in layers if compiled.fullmatch(layer.name)]
     if not matches:
         raise ValueError(
@@ -125,12 +125,19 @@ def expand(
 
     Grows the `ExpandableDense` head and everything that depends on its
     shape: the compiled optimizer's state (per-variable slots, such as Adam's
-    moments, keep their values for the old units and start at zero for the new
-    ones; an EMA average starts at the variable's value; step counters
-    continue) and the model's cached train, test and predict functions (made
-    anew on their next call). Right after it, `fit`, `evaluate`, `predict` and
-    `save` work without `compile`, also from inside a callback during `fit`
-    and under a `tf.distribute` strategy.
+    moments, keep their values for the old units; for the new ones they
+    start as a freshly built optimizer of the same config starts them, zero
+    for most, the variable's value for `ScheduleFreeAdamW`'s `momentum`; an
+    EMA average starts at the variable's value; step counters continue) and
+    the model's cached train, test and predict functions (made anew on their
+    next call). Right after it, `fit`, `evaluate`, `predict` and `save` work
+    without `compile`, also from inside a callback during `fit` and under a
+    `tf.distribute` strategy.
+
+    The growth is all or nothing: every new value is computed and checked
+    before anything changes, and if a change still fails half way, the head
+    and the optimizer slots already grown are put back as they were before
+    the error is raised again.
 
     Only the head's variables and their slots are touched, so the cost does
     not depend on the size of the rest of the model. On TensorFlow they grow
@@ -187,16 +194,17 @@ def expand(
     # (their call skipped the product), must be remade after any growth.
     remake = head.units == 0 or not head._free_width
     traced = None if remake else traced_variables(model)
-    pairs = head.expand(
-        n,
-        kernel_initializer=kernel_initializer,
-        bias_initializer=bias_initializer,
-    )
-    for optimizer, slots_by_variable in optimizer_plan:
-        for old, new in pairs:
-            _move_slots(optimizer, old, new, slots_by_variable.get(id(old), []))
-            if new is not old:
-                compat.replace_trainable_variable(optimizer, old, new)
+    if head.built:
+        growth = _plan_growth(
+            head, n, kernel_initializer, bias_initializer, optimizer_plan
+        )
+        _grow(head, n, growth)
+    else:  # Only `units` changes.
+        head.expand(
+            n,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+        )
     _resize_metrics(resized_metrics, head)
     # On TensorFlow the head and its slots grew in place. Functions traced
     # with the head's width free (`IncrementalModel`'s stages) then stay
@@ -274,29 +282,210 @@ def _slots_of(optimizer, slot_lists, variable):
     return slots
 
 
-def _move_slots(optimizer, old, new, slots):
-    """Grows each slot of `old` to `new`'s shape, values carried.
+class _GivenValue:
+    """An initializer that gives a value computed beforehand."""
 
-    A slot grows in place where the variable did (`new is old`), and is
-    replaced by a new variable otherwise.
-    """
-    shape = tuple(new.shape)
-    for slot, kind in slots:
-        old_value = compat.variable_numpy(slot)
-        old_width = old_value.shape[-1]
-        value = np.empty(shape, dtype=old_value.dtype)
-        value[..., :old_width] = old_value
-        # An average of the variable (EMA) starts from the variable's value;
-        # every other slot (moments, velocities) starts at zero.
-        value[..., old_width:] = (
-            compat.variable_numpy(new)[..., old_width:]
-            if kind in _VALUE_SLOTS
-            else 0
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, shape, dtype=None):
+        if tuple(shape) != self.value.shape:
+            raise ValueError(
+                f"Expected a request for shape {self.value.shape}, the value "
+                f"computed for the grown variable. Received: shape={shape}"
+            )
+        return self.value
+
+
+class _SlotMove:
+    """One optimizer slot of a head variable, and its grown value."""
+
+    def __init__(self, optimizer, slot, value, replacement):
+        self.optimizer = optimizer
+        self.slot = slot
+        self.value = value
+        # A new variable to take the slot's place where the head's
+        # variables are replaced rather than grown in place.
+        self.replacement = replacement
+
+
+class _Growth:
+    """Everything a growth writes, computed before anything changes."""
+
+    def __init__(self, weights, values, moves, optimizers):
+        self.weights = weights  # The head's kernel (and bias).
+        self.values = values  # Their grown values, by `id`.
+        self.moves = moves  # `{id(variable): [_SlotMove, ...]}`.
+        # The optimizers that update the head, each with the `id`s of the
+        # head variables it updates.
+        self.optimizers = optimizers
+
+
+def _plan_growth(head, n, kernel_initializer, bias_initializer, plan):
+    """Computes and checks the grown head and slots; changes nothing."""
+    units = head.units
+    weights = [
+        (head.kernel, kernel_initializer or head.kernel_initializer),
+        (head.bias, bias_initializer or head.bias_initializer),
+    ]
+    weights = [(v, initializer) for v, initializer in weights if v is not None]
+    values = {}
+    for variable, initializer in weights:
+        old = compat.variable_numpy(variable)
+        shape = old.shape[:-1] + (units + n,)
+        value = np.empty(shape, dtype=old.dtype)
+        value[..., :units] = old
+        value[..., units:] = new_units_value(
+            initializers.get(initializer), shape, units, variable.dtype
         )
-        if new is old and compat.grow_variable(slot, value):
-            continue
-        new_slot = compat.new_optimizer_variable(optimizer, new, slot, value)
-        compat.replace_optimizer_variable(optimizer, slot, new_slot)
+        values[id(variable)] = value
+    variables = [variable for variable, _ in weights]
+    # Grown in place (TensorFlow), or replaced by new variables.
+    in_place = all(compat.growable(v) for v in variables)
+    moves = {id(v): [] for v in variables}
+    for optimizer, slots_by_variable in plan:
+        known = [v for v in variables if slots_by_variable.get(id(v))]
+        starts = _new_unit_slot_values(
+            optimizer, known, slots_by_variable, values, units
+        )
+        for variable in known:
+            for slot, kind in slots_by_variable[id(variable)]:
+                old = compat.variable_numpy(slot)
+                value = np.empty(values[id(variable)].shape, dtype=old.dtype)
+                value[..., :units] = old
+                value[..., units:] = starts[kind, id(variable)]
+                replacement = None
+                if not in_place:
+                    # Made now, in the place the new variable will have.
+                    replacement = compat.new_optimizer_variable(
+                        optimizer, variable, slot, value
+                    )
+                moves[id(variable)].append(
+                    _SlotMove(optimizer, slot, value, replacement)
+                )
+    optimizers = [(optimizer, set(slots)) for optimizer, slots in plan]
+    return _Growth(variables, values, moves, optimizers)
+
+
+def _new_unit_slot_values(
+    optimizer, variables, slots_by_variable, values, units
+):
+    """The values the slots of `variables` start with for the new units.
+
+    Returns:
+        `{(kind, id(variable)): array}`, each array shaped like the new
+        units of the variable.
+    """
+    kinds = sorted(
+        {kind for v in variables for _, kind in slots_by_variable[id(v)]}
+    )
+    new_units = [values[id(v)][..., units:] for v in variables]
+    fresh = {}
+    if any(kind not in _VALUE_SLOTS for kind in kinds):
+        fresh = compat.fresh_slot_values(optimizer, variables, new_units, kinds)
+        if fresh is None:
+            warnings.warn(
+                f"Optimizer '{optimizer.name}' of type "
+                f"{type(optimizer).__name__} could not be made again from its "
+                "config to find how its slots start; the slots of the new "
+                "units start at zero. Expected `type(optimizer).from_config("
+                "optimizer.get_config())` to work, as it does for the Keras "
+                "optimizers.",
+                stacklevel=4,
+            )
+            fresh = {}
+    starts = {}
+    for index, variable in enumerate(variables):
+        for kind in kinds:
+            if kind in _VALUE_SLOTS:
+                start = new_units[index]
+            elif fresh.get(kind) and fresh[kind][index] is not None:
+                start = fresh[kind][index]
+            else:
+                start = np.zeros_like(new_units[index])
+            if start.shape != new_units[index].shape:
+                raise ValueError(
+                    f"A fresh optimizer of type {type(optimizer).__name__} "
+                    f"starts its '{kind}' slot of variable '{variable.path}' "
+                    f"with shape {start.shape} for {new_units[index].shape} "
+                    "new units; expected slots of the variable's shape, "
+                    "which can grow with it. Recompile with a new optimizer "
+                    "after growing the model."
+                )
+            starts[kind, id(variable)] = start
+    return starts
+
+
+def _grow(head, n, growth):
+    """Grows the head and its slots as planned: all, or nothing.
+
+    If a step fails, the head and every slot are put back as they were
+    (the same variable objects, values and shapes) and the error is raised
+    again.
+    """
+    variables = list(growth.weights)
+    slots = [move.slot for v in variables for move in growth.moves[id(v)]]
+    states = [(v, compat.variable_state(v)) for v in variables + slots]
+    layer_state = compat.layer_variables_state(head)
+    units = head.units
+    undo = []
+    try:
+        pairs = head.expand(
+            n,
+            kernel_initializer=_GivenValue(growth.values[id(variables[0])]),
+            bias_initializer=(
+                _GivenValue(growth.values[id(variables[1])])
+                if len(variables) > 1
+                else None
+            ),
+        )
+        for old, new in pairs:
+            for move in growth.moves[id(old)]:
+                _move_slot(move, new is old, new, undo)
+            if new is not old:
+                for optimizer, known in growth.optimizers:
+                    if id(old) not in known:
+                        continue
+                    compat.replace_trainable_variable(optimizer, old, new)
+                    undo.append(
+                        lambda optimizer=optimizer, old=old, new=new: (
+                            compat.replace_trainable_variable(
+                                optimizer, new, old
+                            )
+                        )
+                    )
+    except BaseException as error:
+        try:
+            for step in reversed(undo):
+                step()
+            compat.restore_layer_variables(head, layer_state)
+            head.units = units
+            for variable, state in states:
+                compat.restore_variable(variable, state)
+        except Exception as failure:
+            error.add_note(
+                f"Putting the model back after this error failed too "
+                f"({type(failure).__name__}: {failure}); the head "
+                f"'{head.name}' and its optimizer state may be inconsistent."
+            )
+        raise
+
+
+def _move_slot(move, in_place, new, undo):
+    """Grows one slot in place, or puts its replacement in its place."""
+    if in_place and compat.grow_variable(move.slot, move.value):
+        return
+    replacement = move.replacement
+    if replacement is None:
+        replacement = compat.new_optimizer_variable(
+            move.optimizer, new, move.slot, move.value
+        )
+    compat.replace_optimizer_variable(move.optimizer, move.slot, replacement)
+    undo.append(
+        lambda: compat.replace_optimizer_variable(
+            move.optimizer, replacement, move.slot
+        )
+    )
 
 
 def _plan_metrics(model, head):

@@ -8,12 +8,16 @@ neither the model's code nor its list of classes. The SavedModel is built
 with `keras.export.ExportArchive`, written to a temporary folder inside the
 base folder and renamed to its version number at the end: TensorFlow Serving
 never sees a half-written version, and a failed export leaves nothing behind.
+A version can carry a dict of metadata (the training stage it holds, ...),
+which `exported_versions` reads back.
 """
 
 import collections
+import json
 import numbers
 import os
 import shutil
+import stat
 import tempfile
 
 import keras
@@ -22,16 +26,26 @@ import tensorflow as tf
 
 from keras_incremental import compat
 from keras_incremental.files import open_mode
+from keras_incremental.files import partial_prefix
+from keras_incremental.files import remove_stale_partials
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "inputs"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # TensorFlow Serving refuses a warmup file with more records than this.
 MAX_WARMUP_RECORDS = 1000
+METADATA_FILE = os.path.join("assets.extra", "keras_incremental.json")
+# The largest metadata file written, and read back by `exported_versions`.
+MAX_METADATA_BYTES = 2**20
 
 
 def export_for_serving(
-    model, export_dir, class_names=None, version=None, warmup_inputs=None
+    model,
+    export_dir,
+    class_names=None,
+    version=None,
+    warmup_inputs=None,
+    metadata=None,
 ):
     """Writes `model` as a TensorFlow Serving SavedModel, with class names.
 
@@ -41,15 +55,19 @@ def export_for_serving(
     `inputs`, a batch shaped like the model's input, and returns:
 
     - `probabilities`: float32, `(batch, classes)`. The model's output when
-      its last layer ends in a softmax; otherwise the output is taken as
-      logits and a softmax is applied.
+      it ends in a softmax (its last layer, or the last layer of a nested
+      model that makes its output); otherwise the output is taken as logits
+      and a softmax is applied.
     - `class_ids`: int64, `(batch,)`, the index of the most probable class.
     - `classes`: string, `(batch,)`, the name of that class.
 
-    The version is written to a temporary folder inside `export_dir` and
-    renamed at the end, so a version folder is either complete or absent.
-    All arguments are checked before anything is written, and an existing
-    version is never overwritten.
+    The version is written to a temporary folder inside `export_dir`
+    (`.partial-<pid>-<random>`) and renamed at the end, so a version folder
+    is either complete or absent; the temporary folders that killed exports
+    left behind are removed (see `keras_incremental.files.
+    remove_stale_partials`). All arguments are checked before the model is
+    traced or anything is written, and an existing version is never
+    overwritten.
 
     The width of the model's output is found by tracing the model, so a
     head grown by `keras_incremental.expand` after the model was built is
@@ -66,8 +84,9 @@ def export_for_serving(
             list, such as a `keras_incremental.IncrementalModel`. Defaults to
             `None`, which names the classes `"0"`, `"1"`, ...
         version: Positive integer, the version folder to write. Defaults to
-            `None`, which takes one more than the largest version in
-            `export_dir` (1 when there is none).
+            `None`, which takes one more than the largest numeric name in
+            `export_dir`, of a folder, a file or a link alike (1 when there
+            is none).
         warmup_inputs: Optional array of a few sample inputs (up to 1000),
             shaped `(samples, ...)` like a batch for the model. When given,
             `assets.extra/tf_serving_warmup_requests` is written inside the
@@ -76,6 +95,14 @@ def export_for_serving(
             the first real request is not slowed by graph loading. Needs the
             `tensorflow-serving-api` package. Defaults to `None` (no warmup
             file).
+        metadata: Optional dict to keep with the version, such as the
+            training stage it holds: written as JSON to
+            `assets.extra/keras_incremental.json` inside the version folder,
+            with the version and as atomically, and read back by
+            `exported_versions`. It must read back equal: string keys, and
+            values that are strings, numbers (not NaN or infinite), booleans,
+            `None`, lists and dicts of these; at most 1 MiB as JSON.
+            Defaults to `None` (no metadata file).
 
     Returns:
         The path of the version folder written, as a string.
@@ -85,10 +112,12 @@ def export_for_serving(
             output, or has no output units; when `class_names` does not name
             each output unit exactly once; when `export_dir` is a file; when
             `version` is not positive or exists already; when
-            `warmup_inputs` does not fit the model's input; or when the
-            backend is not TensorFlow.
-        TypeError: when `model`, `class_names` or `version` is of the wrong
-            type.
+            `warmup_inputs` does not fit the model's input; when `metadata`
+            would not read back equal or is too large; or when the backend
+            is not TensorFlow.
+        TypeError: when `model`, `class_names`, `version` or `metadata` is
+            of the wrong type, or `metadata` holds a value JSON cannot
+            write.
         ImportError: when `warmup_inputs` is given and
             `tensorflow-serving-api` is not installed.
 
@@ -113,22 +142,27 @@ def export_for_serving(
     answer["classes"]  # e.g. [b"tulip", b"rose", ...]
     ```
     """
+    # Every check first, the cheap ones before the trace that finds the
+    # output width: nothing is traced or written for a call that fails.
     _check_backend()
     input_spec = _input_spec(model)
-    width = _output_width(model, input_spec)
-    names = _class_names(class_names, width)
     export_dir = _check_export_dir(export_dir)
     version = _check_version(version, export_dir)
+    metadata_text = _metadata_text(metadata)
+    names = _class_names(class_names)
     warmup = None
     if warmup_inputs is not None:
         warmup = _warmup_records(
             warmup_inputs, input_spec, os.path.basename(export_dir)
         )
+    width = _output_width(model, input_spec)
+    names = _check_class_count(names, width)
 
     made_export_dir = not os.path.exists(export_dir)
     os.makedirs(export_dir, exist_ok=True)
+    remove_stale_partials(export_dir)
     target = os.path.join(export_dir, str(version))
-    temporary = tempfile.mkdtemp(prefix=".partial-", dir=export_dir)
+    temporary = tempfile.mkdtemp(prefix=partial_prefix(), dir=export_dir)
     open_mode(temporary, directory=True)
     try:
         # A grown head's variables have a free last dimension; the export
@@ -150,6 +184,10 @@ def export_for_serving(
             archive.write_out(temporary, verbose=False)
         if warmup is not None:
             _write_warmup(os.path.join(temporary, WARMUP_FILE), warmup)
+        if metadata_text is not None:
+            _write_metadata(
+                os.path.join(temporary, METADATA_FILE), metadata_text
+            )
         if os.path.lexists(target):
             # Made by someone else while this export was being written.
             raise ValueError(
@@ -235,9 +273,12 @@ def _output_width(model, input_spec):
     return width
 
 
-def _class_names(class_names, width):
+def _class_names(class_names):
+    """The class names as strings (`None` for the default names), checked
+    for type and duplicates; their count is checked once the width of the
+    model's output is known (`_check_class_count`)."""
     if class_names is None:
-        return [str(index) for index in range(width)]
+        return None
     if hasattr(class_names, "classes_"):
         class_names = class_names.classes_
     if isinstance(class_names, (str, bytes)) or not hasattr(
@@ -265,17 +306,23 @@ def _class_names(class_names, width):
                 f"Received: {name!r} of type {type(name).__name__} in "
                 f"class_names={list(class_names)!r}"
             )
-    if len(names) != width:
-        raise ValueError(
-            f"Expected one class name per output unit: the model has {width} "
-            f"output units. Received {len(names)} class names: {names!r}"
-        )
     counts = collections.Counter(names)
     duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
         raise ValueError(
             "Expected distinct class names. Received duplicates "
             f"{duplicates!r} in class names {names!r}"
+        )
+    return names
+
+
+def _check_class_count(names, width):
+    if names is None:
+        return [str(index) for index in range(width)]
+    if len(names) != width:
+        raise ValueError(
+            f"Expected one class name per output unit: the model has {width} "
+            f"output units. Received {len(names)} class names: {names!r}"
         )
     return names
 
@@ -296,21 +343,30 @@ def _check_export_dir(export_dir):
     return export_dir
 
 
-def _versions(export_dir):
-    """The versions in `export_dir`, as `{version: folder name}`."""
-    if not os.path.isdir(export_dir):
+def _numeric_entries(export_dir, keep=None):
+    """The entries of `export_dir` named by a number, of any kind (folder,
+    file, link), as `{number: name}`: TensorFlow Serving reads a numeric
+    folder name as a version (`"0004"` as 4), and a version folder cannot be
+    made where such a name is taken. `keep`, when given, tells which names
+    to keep."""
+    try:
+        names = os.listdir(export_dir)
+    except (FileNotFoundError, NotADirectoryError):
         return {}
-    return {
-        int(name): name
-        for name in os.listdir(export_dir)
-        if name.isascii()
-        and name.isdigit()
-        and os.path.isdir(os.path.join(export_dir, name))
-    }
+    entries = {}
+    for name in sorted(names):
+        if not (name.isascii() and name.isdigit()):
+            continue
+        if keep is not None and not keep(name):
+            continue
+        # The plain spelling of a number wins over one with zeros.
+        if int(name) not in entries or name == str(int(name)):
+            entries[int(name)] = name
+    return entries
 
 
 def _check_version(version, export_dir):
-    versions = _versions(export_dir)
+    versions = _numeric_entries(export_dir)
     if version is None:
         return max(versions, default=0) + 1
     if not isinstance(version, numbers.Integral) or isinstance(
@@ -340,10 +396,33 @@ def _check_version(version, export_dir):
 
 
 def _ends_in_softmax(model):
-    last = model.layers[-1] if model.layers else None
-    if isinstance(last, keras.layers.Softmax):
+    """Whether `model`'s output is made by a softmax, also one inside a
+    nested model (a classifier built around a `Sequential` whose last layer
+    is a softmax `Dense`, ...)."""
+    outputs = compat.graph_outputs(model)
+    if outputs is None or len(outputs) != 1:
+        # No graph to follow (a subclassed model): its last layer decides.
+        layers = getattr(model, "layers", None)
+        return bool(layers) and _made_by_softmax(layers[-1], 0)
+    operation, _, index = compat.tensor_producer(outputs[0])
+    return _made_by_softmax(operation, index)
+
+
+def _made_by_softmax(operation, index):
+    """Whether output `index` of a layer or operation is a softmax's."""
+    if operation is None:
+        return False
+    if compat.is_softmax(operation):
         return True
-    return getattr(last, "activation", None) is keras.activations.softmax
+    if not isinstance(operation, keras.Model):
+        return False
+    outputs = compat.graph_outputs(operation)
+    if outputs is None:
+        return _ends_in_softmax(operation)
+    if index >= len(outputs):
+        return False
+    inner, _, inner_index = compat.tensor_producer(outputs[index])
+    return _made_by_softmax(inner, inner_index)
 
 
 def _serving_function(model, names, ends_in_softmax):
@@ -415,6 +494,142 @@ def _warmup_records(warmup_inputs, input_spec, model_name):
         )
         records.append(log.SerializeToString())
     return records
+
+
+def _metadata_text(metadata):
+    """`metadata` as the JSON text to write, checked; `None` for none."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise TypeError(
+            "Expected `metadata` to be a dict (of JSON values) or `None`. "
+            f"Received: metadata={_shortened(metadata)} of type "
+            f"{type(metadata).__name__}"
+        )
+    try:
+        text = json.dumps(metadata, allow_nan=False, indent=2)
+        read_back = json.loads(text)
+    except TypeError as error:
+        raise TypeError(
+            "Expected `metadata` to hold JSON values only (strings, numbers, "
+            f"booleans, `None`, lists and dicts of these); {error}. Convert "
+            "the others (NumPy numbers with `int` or `float`, for instance). "
+            f"Received: metadata={_shortened(metadata)}"
+        ) from error
+    except (ValueError, RecursionError) as error:
+        raise ValueError(
+            "Expected `metadata` to be writable as JSON: no NaN or infinite "
+            f"numbers, no circular or too deep nesting ({error}). "
+            f"Received: metadata={_shortened(metadata)}"
+        ) from error
+    if read_back != metadata:
+        raise ValueError(
+            "Expected `metadata` to read back equal from JSON, with string "
+            "keys and lists rather than tuples; it would read back as "
+            f"{_shortened(read_back)}. "
+            f"Received: metadata={_shortened(metadata)}"
+        )
+    size = len(text.encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(
+            f"Expected `metadata` of at most {MAX_METADATA_BYTES} bytes as "
+            f"JSON. Received metadata of {size} bytes; keep large data in a "
+            "file of its own and its path in `metadata`."
+        )
+    return text
+
+
+def _shortened(value, limit=200):
+    """`repr(value)`, cut to about `limit` characters for an error message."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deep to show>"
+    return text if len(text) <= limit else text[:limit] + "...(cut)"
+
+
+def _write_metadata(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+        file.write("\n")
+
+
+def exported_versions(export_dir):
+    """The complete versions in a base folder of `export_for_serving`.
+
+    A version is a folder named by a number (as TensorFlow Serving reads
+    it: `"0004"` is 4) that holds a SavedModel. The metadata of each is the
+    dict given to `export_for_serving(..., metadata=...)`. The files are
+    read as untrusted input: a metadata file that is missing, not a regular
+    file, larger than 1 MiB, not UTF-8 JSON, or not a JSON object gives
+    `None` rather than an error.
+
+    Args:
+        export_dir: Base folder of the versions (string or `os.PathLike`).
+
+    Returns:
+        A dict `{version: metadata}` sorted by version: `version` an `int`,
+        `metadata` a dict, or `None` for a version without (readable)
+        metadata. Empty for a missing folder.
+
+    Raises:
+        TypeError: when `export_dir` is not a path.
+        ValueError: when `export_dir` is a file.
+
+    Example:
+
+    ```python
+    keras_incremental.export_for_serving(
+        model, "models/flowers", names, metadata={"stage": 1}
+    )
+    keras_incremental.serving.exported_versions("models/flowers")
+    # {1: {"stage": 1}}
+    ```
+    """
+    export_dir = _check_export_dir(export_dir)
+
+    def complete(name):
+        folder = os.path.join(export_dir, name)
+        return any(
+            os.path.isfile(os.path.join(folder, saved))
+            for saved in ("saved_model.pb", "saved_model.pbtxt")
+        )
+
+    entries = _numeric_entries(export_dir, keep=complete)
+    return {
+        version: _read_metadata(
+            os.path.join(export_dir, entries[version], METADATA_FILE)
+        )
+        for version in sorted(entries)
+    }
+
+
+def _read_metadata(path):
+    """The dict in metadata file `path`, or `None` when there is none that
+    is a regular file of at most `MAX_METADATA_BYTES` holding a JSON object."""
+    # Non-blocking: opening a FIFO for reading would wait for a writer.
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    )
+    try:
+        handle = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(handle, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return None
+            data = file.read(MAX_METADATA_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_METADATA_BYTES:
+        return None
+    try:
+        metadata = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
 
 
 def _write_warmup(path, records):

@@ -8,6 +8,7 @@ from helpers import mlp
 from helpers import values
 
 import keras_incremental as ki
+from keras_incremental import compat
 
 
 def trained(optimizer="adam", jit_compile=False, units=3, epochs=1):
@@ -389,3 +390,140 @@ def test_a_make_function_override_that_returns_the_function():
     model.predict(x, verbose=0)
     ki.expand(model, 2)
     assert model.predict(x, verbose=0).shape == (64, 5)
+
+
+def _failing_on_call(function, number, accept=lambda *args: True):
+    """`function`, raising on its `number`-th accepted call."""
+    calls = []
+
+    def failing(*args, **kwargs):
+        if accept(*args):
+            calls.append(args)
+            if len(calls) == number:
+                raise RuntimeError("injected failure")
+        return function(*args, **kwargs)
+
+    return failing
+
+
+def _optimizer_state(optimizer):
+    return [
+        (v, tuple(v.shape), np.array(v.numpy())) for v in optimizer.variables
+    ]
+
+
+def _assert_same_optimizer_state(optimizer, state):
+    now = optimizer.variables
+    assert len(now) == len(state)
+    for variable, (before, shape, value) in zip(now, state, strict=True):
+        assert variable is before, variable.path
+        assert tuple(variable.shape) == shape, variable.path
+        np.testing.assert_array_equal(variable.numpy(), value, variable.path)
+
+
+def _failed_growth_changes_nothing(model, monkeypatch, patch):
+    optimizer = model.optimizer
+    head = model.get_layer("head")
+    weights = list(head.weights)
+    kernel, bias = values(weights)
+    state = _optimizer_state(optimizer)
+    iterations = int(optimizer.iterations.numpy())
+    x, _ = data()
+    before = model.predict(x, verbose=0)
+
+    patch(monkeypatch)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        ki.expand(model, 2)
+    monkeypatch.undo()
+
+    assert head.units == 3
+    assert len(head.weights) == 2
+    assert all(a is b for a, b in zip(head.weights, weights, strict=True))
+    assert head.kernel.shape == (16, 3) and head.bias.shape == (3,)
+    np.testing.assert_array_equal(head.kernel.numpy(), kernel)
+    np.testing.assert_array_equal(head.bias.numpy(), bias)
+    _assert_same_optimizer_state(optimizer, state)
+    assert int(optimizer.iterations.numpy()) == iterations
+    np.testing.assert_array_equal(model.predict(x, verbose=0), before)
+
+    # The model is as good as new: it grows and trains afterwards.
+    ki.expand(model, 2)
+    x5, y5 = data(classes=5, seed=8)
+    model.fit(x5, y5, epochs=1, batch_size=16, verbose=0)
+    assert model.predict(x, verbose=0).shape == (64, 5)
+    assert head.kernel.shape == (16, 5)
+
+
+def test_failed_slot_growth_in_place_rolls_everything_back(monkeypatch):
+    model = trained(optimizer=keras.optimizers.AdamW(use_ema=True))
+    head_ids = {id(v) for v in model.get_layer("head").weights}
+
+    def patch(monkeypatch):
+        # The second slot to grow fails, after the head and a first slot.
+        failing = _failing_on_call(
+            compat.grow_variable,
+            2,
+            accept=lambda variable, *rest: id(variable) not in head_ids,
+        )
+        monkeypatch.setattr(compat, "grow_variable", failing)
+
+    _failed_growth_changes_nothing(model, monkeypatch, patch)
+
+
+@pytest.mark.parametrize(
+    "name", ["new_optimizer_variable", "replace_optimizer_variable"]
+)
+def test_failed_slot_replacement_rolls_everything_back(name, monkeypatch):
+    model = trained(optimizer=keras.optimizers.AdamW(use_ema=True))
+
+    def patch(monkeypatch):
+        # Variables replaced rather than grown, as off TensorFlow.
+        monkeypatch.setattr(compat, "growable", lambda variable: False)
+        failing = _failing_on_call(getattr(compat, name), 2)
+        monkeypatch.setattr(compat, name, failing)
+
+    _failed_growth_changes_nothing(model, monkeypatch, patch)
+
+
+def _fresh_slots(optimizer, variables):
+    """Slot values of a fresh optimizer of the same config, by name."""
+    fresh = type(optimizer).from_config(optimizer.get_config())
+    fresh.build(variables)
+    return {v.name: np.array(v.numpy()) for v in fresh.variables}
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_schedule_free_momentum_of_new_units_starts_at_their_value(use_ema):
+    optimizer = keras.optimizers.ScheduleFreeAdamW(use_ema=use_ema)
+    model = trained(optimizer=optimizer, epochs=2)
+    head = model.get_layer("head")
+    before = {v.name: np.array(v.numpy()) for v in optimizer.variables}
+
+    ki.expand(model, 2)
+
+    after = {v.name: np.array(v.numpy()) for v in optimizer.variables}
+    fresh = _fresh_slots(optimizer, [head.kernel, head.bias])
+    kernel = head.kernel.numpy()
+    checked = set()
+    for name, value in after.items():
+        if value.shape[-1:] != (5,):
+            np.testing.assert_array_equal(value, before[name], name)
+            continue
+        weight = kernel if value.ndim == 2 else head.bias.numpy()
+        np.testing.assert_array_equal(value[..., :3], before[name], name)
+        if name.endswith("_momentum") or name.endswith("_average"):
+            # Schedule-free `z` starts at the variable; so does an EMA.
+            np.testing.assert_array_equal(value[..., 3:], weight[..., 3:])
+        else:
+            assert not value[..., 3:].any(), name
+        if not name.endswith("_average"):
+            np.testing.assert_array_equal(
+                value[..., 3:], fresh[name][..., 3:], name
+            )
+        checked.add(name.rpartition("_")[2])
+    expected = {"momentum", "velocity"} | ({"average"} if use_ema else set())
+    assert checked == expected
+    assert np.abs(kernel[:, 3:]).min() > 0
+    x, y = data(classes=5, seed=9)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.all(np.isfinite(model.predict(x, verbose=0)))

@@ -5,8 +5,10 @@ package), as TensorFlow Serving would load it, and inspected with
 `saved_model_cli`; both run side by side in one module fixture.
 """
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +21,7 @@ import tensorflow as tf
 
 import keras_incremental as ki
 from keras_incremental.serving import export_for_serving
+from keras_incremental.serving import exported_versions
 
 NAMES = ["cat", "dog", "bird"]
 
@@ -436,3 +439,218 @@ def test_failed_write_removes_the_partial_folder(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_for_serving(model, tmp_path / "new", NAMES)
     assert tree(tmp_path) == before
+
+
+def nested_softmax_model(kind):
+    """A functional model whose softmax is inside a nested model."""
+    if kind == "dense":
+        end = [keras.layers.Dense(3, activation="softmax")]
+    elif kind == "head":
+        end = [ki.ExpandableDense(3, activation="softmax", name="head")]
+    elif kind == "layer":
+        end = [keras.layers.Dense(3), keras.layers.Softmax()]
+    else:
+        end = [keras.layers.Dense(3), keras.layers.Activation("softmax")]
+    inner = keras.Sequential(
+        [keras.layers.Dense(8, activation="relu")] + end, name="inner"
+    )
+    if kind == "two_deep":
+        inner = keras.Sequential([inner], name="outer")
+    inputs_ = keras.Input((4,))
+    hidden = keras.layers.Dense(6, activation="relu")(inputs_)
+    return keras.Model(inputs_, inner(hidden))
+
+
+@pytest.mark.parametrize("kind", ["dense", "head", "layer", "two_deep"])
+def test_softmax_inside_a_nested_model_is_not_applied_twice(tmp_path, kind):
+    keras.utils.set_random_seed(0)
+    model = nested_softmax_model(kind)
+    x = inputs()
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(expected.sum(-1), 1, atol=1e-6)
+    answer = serve(export_for_serving(model, tmp_path, NAMES), x)
+    np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
+    np.testing.assert_array_equal(answer["class_ids"], expected.argmax(-1))
+
+
+def test_logits_inside_a_nested_model_are_softmaxed(tmp_path):
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.layers.Dense(3)], name="inner")
+    inputs_ = keras.Input((4,))
+    model = keras.Model(inputs_, inner(keras.layers.Dense(6)(inputs_)))
+    x = inputs()
+    answer = serve(export_for_serving(model, tmp_path, NAMES), x)
+    expected = softmax(model.predict(x, verbose=0))
+    np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
+
+
+def test_next_version_follows_numeric_entries_of_any_kind(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    (tmp_path / "1").write_text("a stray file")
+    os.makedirs(tmp_path / "7abc")
+    os.makedirs(tmp_path / "v9")
+    (tmp_path / "12.txt").write_text("not a version")
+    (tmp_path / ".partial-foo").write_text("not ours")
+    first = export_for_serving(model, tmp_path, NAMES)
+    assert first == os.path.join(tmp_path, "2")
+    os.symlink(tmp_path / "nowhere", tmp_path / "5")  # A dangling link.
+    assert export_for_serving(model, tmp_path, NAMES).endswith("6")
+    (tmp_path / "0009").write_text("a file")
+    assert export_for_serving(model, tmp_path, NAMES).endswith("10")
+    assert (tmp_path / "1").read_text() == "a stray file"
+    assert sorted(exported_versions(tmp_path)) == [2, 6, 10]
+
+
+class CountingLayer(keras.layers.Layer):
+    """Counts its calls, to tell whether a model was traced."""
+
+    calls = 0
+
+    def call(self, inputs):
+        CountingLayer.calls += 1
+        return inputs
+
+
+def test_every_check_runs_before_tracing_or_writing(tmp_path, monkeypatch):
+    inputs_ = keras.Input((4,))
+    outputs = ki.ExpandableDense(3, name="head")(CountingLayer()(inputs_))
+    model = keras.Model(inputs_, outputs)
+    base = tmp_path / "models"
+    os.makedirs(base)
+    (base / "1").write_text("a stray file")
+    (tmp_path / "file.txt").write_text("not a folder")
+    before = tree(tmp_path)
+
+    def no_write(self, filepath, **kwargs):
+        raise AssertionError("written despite a failed check")
+
+    monkeypatch.setattr(
+        type(keras.export.ExportArchive()), "write_out", no_write
+    )
+    CountingLayer.calls = 0
+    for kwargs, error, match in [
+        (dict(version=1), ValueError, "Version 1 exists already"),
+        (dict(export_dir=tmp_path / "file.txt"), ValueError, "is a file"),
+        (dict(metadata=["stage", 1]), TypeError, "`metadata`.*dict"),
+        (dict(metadata={"x": object()}), TypeError, "JSON"),
+        (dict(metadata={"x": float("nan")}), ValueError, "JSON"),
+        (dict(metadata={1: "stage"}), ValueError, "read back"),
+        (dict(metadata={"x": (1, 2)}), ValueError, "read back"),
+        (dict(metadata={"x": "a" * 2**20}), ValueError, "bytes"),
+        (dict(class_names="cat"), TypeError, "list of names"),
+        (dict(class_names=["a", "a", "b"]), ValueError, "duplicates"),
+        (dict(warmup_inputs=np.zeros((2, 5))), (ValueError, ImportError), None),
+    ]:
+        arguments = dict(model=model, export_dir=base, class_names=NAMES)
+        arguments.update(kwargs)
+        with pytest.raises(error, match=match):
+            export_for_serving(**arguments)
+        assert CountingLayer.calls == 0, kwargs
+        assert tree(tmp_path) == before, kwargs
+
+
+def test_metadata_is_written_with_the_version(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    stage = {"run": "a1b2", "stage": 2, "classes": ["cat", "dog", "bird"]}
+    version_dir = export_for_serving(model, tmp_path, NAMES, metadata=stage)
+    path = os.path.join(version_dir, "assets.extra", "keras_incremental.json")
+    with open(path, encoding="utf-8") as file:
+        assert json.load(file) == stage
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~current_umask())
+    export_for_serving(model, tmp_path, NAMES)
+    export_for_serving(model, tmp_path, NAMES, metadata={})
+    assert exported_versions(tmp_path) == {1: stage, 2: None, 3: {}}
+    # The version still serves.
+    answer = serve(version_dir, inputs())
+    assert answer["probabilities"].shape == (16, 3)
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.skipif(os.name == "nt", reason="FIFOs and /dev/zero")
+def test_exported_versions_reads_untrusted_metadata(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    first = export_for_serving(model, tmp_path, NAMES, metadata={"ok": True})
+    for version in range(2, 9):
+        shutil.copytree(first, tmp_path / str(version))
+
+    def metadata_path(version):
+        return (
+            tmp_path / str(version) / "assets.extra" / "keras_incremental.json"
+        )
+
+    metadata_path(2).write_text("{not json")
+    metadata_path(3).write_bytes(b'{"x": "\xff"}')
+    metadata_path(4).write_text('["a", "list"]')
+    metadata_path(5).write_text('{"x": "' + "a" * 2**20 + '"}')
+    metadata_path(6).unlink()
+    os.mkfifo(metadata_path(6))  # Reading it would block.
+    metadata_path(7).write_text("[" * 100_000 + "]" * 100_000)
+    metadata_path(8).unlink()
+    os.symlink("/dev/zero", metadata_path(8))
+    os.makedirs(tmp_path / "9")  # Not a SavedModel.
+    (tmp_path / "10").write_text("a file")
+    os.makedirs(tmp_path / "11abc")
+    shutil.copytree(first, tmp_path / "0012")
+    (tmp_path / "12").write_text("a file")
+
+    assert exported_versions(tmp_path) == {
+        1: {"ok": True},
+        2: None,
+        3: None,
+        4: None,
+        5: None,
+        6: None,
+        7: None,
+        8: None,
+        12: {"ok": True},
+    }
+
+
+def test_exported_versions_of_a_missing_or_bad_folder(tmp_path):
+    assert exported_versions(tmp_path / "missing") == {}
+    (tmp_path / "file.txt").write_text("a file")
+    with pytest.raises(ValueError, match="is a file; expected"):
+        exported_versions(tmp_path / "file.txt")
+    with pytest.raises(TypeError, match="folder path.*Received"):
+        exported_versions(None)
+
+
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no leftovers removed there")
+def test_export_removes_dead_exports_leftovers_only(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    dead = tmp_path / f".partial-{dead_pid()}-abcd1234"
+    os.makedirs(dead / "variables")
+    (dead / "saved_model.pb").write_text("half")
+    live = tmp_path / f".partial-{os.getpid()}-efgh5678"
+    os.makedirs(live)
+    (tmp_path / ".partial-foo").write_text("not ours")
+    written = []
+    archive_class = type(keras.export.ExportArchive())
+    write_out = archive_class.write_out
+
+    def recording_write_out(self, filepath, **kwargs):
+        written.append(os.path.basename(filepath))
+        return write_out(self, filepath, **kwargs)
+
+    monkeypatch.setattr(archive_class, "write_out", recording_write_out)
+    export_for_serving(model, tmp_path, NAMES)
+
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["1", live.name, ".partial-foo"]
+    )
+    assert written[0].startswith(f".partial-{os.getpid()}-")
