@@ -1,27 +1,44 @@
 """Stage checkpoints: one `.keras` file with the run's state inside.
 
 A checkpoint is an ordinary `.keras` file (`keras.models.load_model` opens it)
-with two more entries in its zip: `keras_incremental/state.json` (class names,
-stage number, settings) and `keras_incremental/memory.h5` (the exemplar
-memory, through h5py). It is written to a temporary file in the same folder
+with more entries in its zip: `keras_incremental/state.json` (class names,
+stage number, settings; see `checkpoint_state`), `keras_incremental/memory.h5`
+(the exemplar memory) and `keras_incremental/strategy.h5` (what the strategy
+learned), through h5py. It is written to a temporary file in the same folder
 and moved into place with `os.replace`, so a crash at any moment leaves the
 previous checkpoint whole.
+
+A checkpoint may come from someone else: `read_checkpoint` reads it as
+untrusted data (`safe_read`): sizes are bounded before anything is read, the
+state is checked key by key, the model is loaded with Keras's `safe_mode`,
+and the parts are checked against each other (class count and head width,
+exemplar labels, shapes and values) before anything is returned.
 """
 
 import io
 import json
+import math
 import os
 import zipfile
 
 import h5py
 import keras
+import numpy as np
 
+from keras_incremental import safe_read
+from keras_incremental.checkpoint_state import FORMAT_VERSION
+from keras_incremental.checkpoint_state import check_state
+from keras_incremental.checkpoint_state import state_to_json
 from keras_incremental.files import atomic_path
+from keras_incremental.growth import find_head
 
 STATE_ENTRY = "keras_incremental/state.json"
 MEMORY_ENTRY = "keras_incremental/memory.h5"
 STRATEGY_ENTRY = "keras_incremental/strategy.h5"
-FORMAT_VERSION = 1
+MAX_STATE_BYTES = 64 * 2**20
+MAX_ARRAYS = 10_000
+# Room for h5py's own structures around the data.
+_H5_OVERHEAD_BYTES = 2**20
 
 
 def check_checkpoint_path(path, must_exist=False):
@@ -32,12 +49,14 @@ def check_checkpoint_path(path, must_exist=False):
             f"'.keras'. Received: {path!r} of type {type(path).__name__}"
         )
     path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
     if not path.endswith(".keras"):
         raise ValueError(
             "Expected a checkpoint path ending in '.keras' (the checkpoint is "
             f"a Keras model file). Received: '{path}'"
         )
-    if must_exist and not os.path.isfile(path):
+    if must_exist and not os.path.lexists(path):
         raise ValueError(
             f"No checkpoint at '{path}'; expected a file written by "
             "`IncrementalModel(checkpoint=...)`."
@@ -52,13 +71,15 @@ def write_checkpoint(path, model, state, memory=None, arrays=None):
     The folder is made when missing.
     """
     path = check_checkpoint_path(path)
+    text = json.dumps(
+        {"format": FORMAT_VERSION, **state_to_json(state)},
+        indent=1,
+        allow_nan=False,
+    )
     with atomic_path(path, ".keras") as temporary:
         model.save(temporary)
         with zipfile.ZipFile(temporary, "a") as archive:
-            archive.writestr(
-                STATE_ENTRY,
-                json.dumps({"format": FORMAT_VERSION, **state}, indent=1),
-            )
+            archive.writestr(STATE_ENTRY, text)
             if memory is not None:
                 archive.writestr(MEMORY_ENTRY, _memory_bytes(memory))
             if arrays:
@@ -75,13 +96,6 @@ def _arrays_bytes(arrays):
     return buffer.getvalue()
 
 
-def _read_arrays(data):
-    with h5py.File(io.BytesIO(data), "r") as file:
-        return {
-            str(file[key].attrs["name"]): file[key][()] for key in file.keys()
-        }
-
-
 def _memory_bytes(memory):
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as file:
@@ -90,38 +104,152 @@ def _memory_bytes(memory):
 
 
 def read_checkpoint(path, memory_class):
-    """Reads a checkpoint written by `write_checkpoint`.
+    """Reads and checks a checkpoint written by `write_checkpoint`.
 
     Returns:
-        `(model, state, memory, arrays)`; `memory` is `None` when none was
-        written, `arrays` an empty dict.
+        `(model, state, memory, arrays)`: the model (loaded with
+        `safe_mode`), the state as `checkpoint_state.check_state` returns
+        it, the memory (`None` when none was written) and the strategy's
+        arrays (a dict, empty when none).
 
     Raises:
-        ValueError: when `path` is not a checkpoint of this package.
+        ValueError: naming the file, the part and the problem, when `path`
+            is not a readable checkpoint of this package or its parts are
+            invalid or disagree. Nothing is changed.
     """
     path = check_checkpoint_path(path, must_exist=True)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            if STATE_ENTRY not in names:
-                raise ValueError(
-                    f"'{path}' is a Keras file but not a keras_incremental "
-                    f"checkpoint (it has no '{STATE_ENTRY}'); expected a file "
-                    "written by `IncrementalModel(checkpoint=...)`."
-                )
-            state = json.loads(archive.read(STATE_ENTRY))
-            memory = None
-            arrays = {}
-            if STRATEGY_ENTRY in names:
-                arrays = _read_arrays(archive.read(STRATEGY_ENTRY))
-            if MEMORY_ENTRY in names:
-                buffer = io.BytesIO(archive.read(MEMORY_ENTRY))
-                with h5py.File(buffer, "r") as file:
-                    memory = memory_class.load(file["memory"])
-    except zipfile.BadZipFile as error:
+    with safe_read.open_zip(path, "checkpoint") as archive:
+        names = set(archive.namelist())
+        if STATE_ENTRY not in names:
+            raise ValueError(
+                f"'{path}' is a Keras file but not a keras_incremental "
+                f"checkpoint (it has no '{STATE_ENTRY}'); expected a file "
+                "written by `IncrementalModel(checkpoint=...)`."
+            )
+        data = safe_read.read_member(
+            archive, STATE_ENTRY, path, MAX_STATE_BYTES
+        )
+        state = check_state(_state_json(data, path), path)
+        model = _load_model(path)
+        head = _head(model, state, path)
+        memory = None
+        if MEMORY_ENTRY in names:
+            memory = _read_memory(archive, path, memory_class, model, state)
+        arrays = {}
+        if STRATEGY_ENTRY in names:
+            arrays = _read_arrays(archive, path, model)
+    if len(state["encoder"]) != head.units:
         raise ValueError(
-            f"'{path}' is not a readable checkpoint ({error}); expected a "
-            "`.keras` zip written by `IncrementalModel(checkpoint=...)`."
-        ) from error
-    model = keras.models.load_model(path)
+            f"Checkpoint '{path}' is not valid: its state names "
+            f"{len(state['encoder'])} classes but the head '{head.name}' has "
+            f"{head.units} units; expected one unit per class. Nothing was "
+            "changed."
+        )
+    if memory is not None:
+        memory.check_classes(head.units, f"{path}: {MEMORY_ENTRY}")
     return model, state, memory, arrays
+
+
+def _state_json(data, path):
+    state = safe_read.read_json(data, path, STATE_ENTRY, allow_nan=True)
+    # Format 1 wrote NaN accuracies as bare `NaN`; format 2 writes `null`.
+    if isinstance(state, dict) and state.get("format") != 1:
+        _refuse_nan(state, path)
+    return state
+
+
+def _refuse_nan(value, path):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(
+            f"Checkpoint '{path}' is not valid: '{STATE_ENTRY}' holds a "
+            f"non-finite number ({value}); expected finite numbers, with "
+            "`null` for an accuracy that could not be measured."
+        )
+    if isinstance(value, dict):
+        for item in value.values():
+            _refuse_nan(item, path)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_nan(item, path)
+
+
+def _load_model(path):
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:
+        # Keras raises many kinds of errors for a damaged or hostile file;
+        # the user needs to know it is this file, not their code.
+        raise ValueError(
+            f"Checkpoint '{path}' holds no model Keras can load safely "
+            f"({type(error).__name__}: {error}); expected a file written by "
+            "`IncrementalModel(checkpoint=...)`. Nothing was changed."
+        ) from error
+
+
+def _head(model, state, path):
+    try:
+        return find_head(model, state["settings"]["head"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"Checkpoint '{path}' is not valid: its model has no head to "
+            f"grow ({error}). Nothing was changed."
+        ) from error
+
+
+def _sample_shape(model):
+    shape = tuple(model.inputs[0].shape[1:]) if model.inputs else ()
+    if any(d is None for d in shape):
+        return None
+    return shape
+
+
+def _read_memory(archive, path, memory_class, model, state):
+    budget = state["settings"]["memory_size"]
+    sample = _sample_shape(model)
+    units = len(state["encoder"])
+    row_bytes = 8 * (math.prod(sample) if sample else 1) + 12 * units + 16
+    data = safe_read.read_member(
+        archive, MEMORY_ENTRY, path, budget * row_bytes + _H5_OVERHEAD_BYTES
+    )
+    part = f"{path}: {MEMORY_ENTRY}"
+    with safe_read.h5_file(data, path, MEMORY_ENTRY) as file:
+        group = safe_read.h5_child(file, "memory", h5py.Group, path)
+        if group is None:
+            raise ValueError(
+                f"Checkpoint '{path}' is not valid: '{MEMORY_ENTRY}' has no "
+                "'memory' group; expected one written by the package."
+            )
+        memory = memory_class.load(
+            group, memory_size=budget, sample_shape=sample, source=part
+        )
+    return memory
+
+
+def _read_arrays(archive, path, model):
+    """The strategy's arrays, each no larger than the model's weights."""
+    largest = max((math.prod(w.shape) for w in model.weights), default=1)
+    total = sum(math.prod(w.shape) for w in model.weights)
+    data = safe_read.read_member(
+        archive, STRATEGY_ENTRY, path, 16 * total + _H5_OVERHEAD_BYTES
+    )
+    arrays = {}
+    with safe_read.h5_file(data, path, STRATEGY_ENTRY) as file:
+        keys = list(file.keys())
+        if len(keys) > MAX_ARRAYS:
+            raise ValueError(
+                f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' holds "
+                f"{len(keys)} arrays; expected at most {MAX_ARRAYS}."
+            )
+        for key in keys:
+            value = safe_read.read_dataset(
+                file, key, path, max_elements=largest, kinds="f"
+            )
+            if not np.all(np.isfinite(value)):
+                raise ValueError(
+                    f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' "
+                    f"holds non-finite values in '{key}'; expected finite "
+                    "numbers."
+                )
+            name = safe_read.read_attr(file[key], "name", path, "str")
+            arrays[name] = value
+    return arrays

@@ -2,17 +2,29 @@
 
 from keras_incremental.growth import iter_layers
 from keras_incremental.growth import layers_matching
+from keras_incremental.patterns import compile_pattern
 
 BACKBONE = "backbone"
 
 
 def check_freeze_spec(spec):
-    """Raises `TypeError` unless `spec` is a valid `freeze` argument."""
-    if spec is None or callable(spec) or isinstance(spec, str):
+    """Raises unless `spec` is a valid `freeze` argument.
+
+    Raises:
+        TypeError: for a `spec` of the wrong type.
+        ValueError: for a pattern that is invalid or unsafe to match
+            (`patterns.compile_pattern`).
+    """
+    if spec is None or callable(spec):
+        return
+    if isinstance(spec, str):
+        compile_pattern(spec, "Freeze pattern")
         return
     if isinstance(spec, (list, tuple)) and all(
         isinstance(item, str) for item in spec
     ):
+        for item in spec:
+            compile_pattern(item, "Freeze pattern")
         return
     raise TypeError(
         "Expected `freeze` to be None, 'backbone', a layer name or regular "

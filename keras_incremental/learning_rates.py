@@ -18,6 +18,7 @@ from keras_incremental.checks import check_multiplier
 from keras_incremental.growth import iter_layers
 from keras_incremental.growth import layers_matching
 from keras_incremental.multiplier_optimizer import MultiplierOptimizer
+from keras_incremental.patterns import compile_pattern
 
 
 def check_learning_rates(learning_rates):
@@ -37,6 +38,7 @@ def check_learning_rates(learning_rates):
                 "Expected layer names or patterns as `learning_rates` keys. "
                 f"Received: {pattern!r} of type {type(pattern).__name__}"
             )
+        compile_pattern(pattern, "Learning-rate pattern")
         check_multiplier(pattern, multiplier)
 
 

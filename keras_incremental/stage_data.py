@@ -423,7 +423,8 @@ def check_remember(x, y, encoder, memory):
             f"{len(unknown)} sample(s) of unknown classes: "
             f"{preview(sorted(set(unknown), key=repr))}. Known classes: "
             f"{preview(encoder.classes_)}. New classes are learned by "
-            "`prepare` and `fit`."
+            "`prepare` and `fit`; a class whose stage is not trained yet "
+            "(after `prepare`, before `fit` ends) cannot be remembered."
         )
     return x, indices
 

@@ -395,7 +395,7 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint(tmp_path):
     assert inc.classes_ == ["a", "b"]
     assert inc.stage_ == 1
     assert model.get_layer("head").units == 2
-    with pytest.raises(ValueError, match="not a (readable|keras_incremental)"):
+    with pytest.raises(ValueError, match="damaged zip|not a keras_incremental"):
         leftover = [p for p in tmp_path.iterdir() if p.name != "stages.keras"]
         ki.IncrementalModel.restore(str(leftover[0]))
 

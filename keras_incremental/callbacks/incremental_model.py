@@ -1,6 +1,10 @@
+import copy
+import dataclasses
 import functools
 import numbers
 import os
+import uuid
+import warnings
 
 import keras
 import numpy as np
@@ -14,6 +18,7 @@ from keras_incremental import stage_loss
 from keras_incremental import strategies
 from keras_incremental.adoption import adopt_model
 from keras_incremental.checks import check_unit_count
+from keras_incremental.destinations import check_destination
 from keras_incremental.freezing import check_freeze_spec
 from keras_incremental.freezing import layers_to_freeze
 from keras_incremental.growth import expand
@@ -32,6 +37,7 @@ from keras_incremental.limits import check_growable_head
 from keras_incremental.memory import ExemplarMemory
 from keras_incremental.multiplier_optimizer import MultiplierOptimizer
 from keras_incremental.serving import export_for_serving
+from keras_incremental.serving import exported_versions
 from keras_incremental.strategies import StageContext
 from keras_incremental.strategies.features import feature_extractor
 from keras_incremental.strategies.features import outputs
@@ -69,7 +75,9 @@ class IncrementalModel(keras.callbacks.Callback):
             classes; 0 keeps none. Defaults to `0`.
         checkpoint: Path of the stage checkpoint, a `.keras` file written
             after every stage (its folder made when missing), or `None` for
-            none. Defaults to `None`.
+            none. Its folder is checked for writing when each stage starts;
+            a write that still fails leaves the run at the stage before (see
+            `save_checkpoint`). Defaults to `None`.
         head: Name of the `ExpandableDense` to grow, or `None` for the last
             one of the model. Defaults to `None`.
         freeze: Layers not to train this stage: `None`, `"backbone"` (all
@@ -94,9 +102,10 @@ class IncrementalModel(keras.callbacks.Callback):
             installed, a plot of accuracy per stage is written beside it
             (same name, `.png`). Defaults to `None`.
         export_dir: Optional folder: each finished stage is exported there
-            for TensorFlow Serving as the next version
-            (`export_for_serving`, with the class names). Defaults to
-            `None`.
+            for TensorFlow Serving as the next version (`export`, with the
+            class names). Defaults to `None`. Neither `report` nor
+            `export_dir` is saved in the checkpoint: `restore` takes them
+            again.
 
     Example:
 
@@ -171,6 +180,14 @@ class IncrementalModel(keras.callbacks.Callback):
         self._stage_functions = None
         self._trace_key = None
         self._adopted_stage = None
+        # The run's id, recorded in its serving exports, and the last stage
+        # exported: a stage whose export failed is exported before the next
+        # one trains.
+        self._run = uuid.uuid4().hex
+        self._exported = 0
+        # A finished stage whose checkpoint could not be written, with the
+        # strategy's state after it (see `save_checkpoint`).
+        self._unsaved = None
         if model is not None:
             check_growable_head(model, head)
             self.set_model(model)
@@ -217,6 +234,7 @@ class IncrementalModel(keras.callbacks.Callback):
                 changed.
             TypeError: for labels mixing types. Nothing is changed.
         """
+        self._check_saved()
         model = self._known_model()
         if model is not None:
             self._check_options(model)
@@ -357,15 +375,17 @@ class IncrementalModel(keras.callbacks.Callback):
 
         Args:
             x: Inputs as a NumPy array, first axis the samples.
-            y: Their class labels, all of classes the run knows.
+            y: Their class labels, all of classes of finished stages (or
+                adopted): not of a stage only prepared, whose classes a
+                second `prepare` may take back.
 
         Returns:
             The number of exemplars now in memory.
 
         Raises:
             ValueError: without a memory (`memory_size=0`), for a class the
-                run does not know, or for bad inputs as in `prepare`. The
-                memory is unchanged.
+                run does not know or whose stage is not trained yet, or for
+                bad inputs as in `prepare`. The memory is unchanged.
 
         Example:
 
@@ -376,7 +396,10 @@ class IncrementalModel(keras.callbacks.Callback):
         inc.remember(x_old, y_old)
         ```
         """
-        x, indices = stage_data.check_remember(x, y, self.encoder, self.memory)
+        # Only classes of finished stages: a second `prepare` may take a
+        # pending one's index back and give it to another class.
+        committed = LabelEncoder(self._committed_classes() or None)
+        x, indices = stage_data.check_remember(x, y, committed, self.memory)
         embed, predict = self._memory_functions()
         self.memory.selection = self.strategy.selection or "random"
         self.memory.update(x, indices, embed=embed, predict=predict)
@@ -405,8 +428,29 @@ class IncrementalModel(keras.callbacks.Callback):
         if self.learning_rates:
             plan_groups(model, self.learning_rates)
 
+    def _check_saved(self):
+        """Refuses a new stage while the last one's checkpoint is unwritten."""
+        if self._unsaved is not None:
+            raise ValueError(
+                f"Stage {self._unsaved[0].stage} finished but its checkpoint "
+                f"could not be written to '{self.checkpoint}'; expected "
+                "`inc.save_checkpoint()` (once the cause is fixed) or "
+                "`inc.save_checkpoint(path)` before the next stage. Its "
+                "training is kept. Nothing was changed."
+            )
+
+    def _check_destinations(self):
+        """Checks the run's outputs can be written, before any training."""
+        if self.checkpoint is not None:
+            check_destination(self.checkpoint, "checkpoint")
+        if self.report is not None:
+            check_destination(self.report, "report")
+        if self.export_dir is not None:
+            check_destination(self.export_dir, "export_dir", folder=True)
+
     def on_train_begin(self, logs=None):
         model = self.model
+        self._check_saved()
         self._check_options(model)
         if self._prepared is None:
             raise ValueError(
@@ -417,6 +461,16 @@ class IncrementalModel(keras.callbacks.Callback):
                 "a `fit` whose data `prepare` did not make. Nothing was "
                 "changed."
             )
+        self._check_destinations()
+        if (
+            self.export_dir is not None
+            and self._exported < self.stage_
+            and find_head(model, self.head).units
+            == len(self._committed_classes())
+        ):
+            # The last stage's export failed or was killed: its model is
+            # still the one here, until this stage trains.
+            self.export()
         # The stage's end comes after every callback's `on_train_end`, so
         # that one restoring weights (EarlyStopping) acts first.
         self._end_deferred = compat.run_after_train_end(
@@ -617,30 +671,220 @@ class IncrementalModel(keras.callbacks.Callback):
         stage_loss.remove_loss(model)
         compat.remake_compiled_functions(model)
         context = self._context
+        before = self.strategy.get_state()
         if context is not None:
             self.strategy.end_stage(context)
             context.teacher = None
-        self._update_memory()
+        finished = self._finished(self._new_classes_of_stage())
         self._prepared = None
-        self.stage_classes_.append(getattr(self, "_new_classes", []))
-        self._record_stage()
-        self.stage_ += 1
+        after = self.strategy.get_state()
         # The checkpoint first: a failing report or export must not cost
-        # the stage.
+        # the stage. A failing checkpoint leaves the run as before the
+        # stage, its result kept for `save_checkpoint`.
         if self.checkpoint is not None:
-            checkpoints.write_checkpoint(
-                self.checkpoint,
-                self.model,
-                self.state(),
-                self.memory if self.memory_size else None,
-                self.strategy.get_state(),
-            )
+            try:
+                self._write_checkpoint(self.checkpoint, finished, after)
+            except BaseException as error:
+                self.strategy.set_state(before)
+                self._unsaved = (finished, after)
+                error.add_note(
+                    f"keras_incremental: stage {finished.stage} trained, but "
+                    f"its checkpoint '{self.checkpoint}' was not written; the "
+                    "run stays at the stage before. Call "
+                    "`inc.save_checkpoint()` once the cause is fixed."
+                )
+                raise
+        self._commit(finished)
+        self._publish()
+
+    def _new_classes_of_stage(self):
+        return list(getattr(self, "_new_classes", []))
+
+    def _finished(self, new_classes):
+        """The run's state after this stage, computed aside: the memory
+        updated on a copy, the stage's records added."""
+        memory = self._updated_memory()
+        stage_classes = [*self.stage_classes_, new_classes]
+        entry = self._stage_record(stage_classes, memory)
+        return _FinishedStage(
+            stage=self.stage_ + 1,
+            history=[*self.history_, entry],
+            stage_classes=stage_classes,
+            memory=memory,
+        )
+
+    def _commit(self, finished):
+        self.stage_ = finished.stage
+        self.history_ = finished.history
+        self.stage_classes_ = finished.stage_classes
+        self.memory = finished.memory
+
+    def _publish(self):
+        """The report and the serving export of the stage just committed."""
         if self.report is not None:
             self._write_report()
         if self.export_dir is not None:
-            export_for_serving(
-                self.model, self.export_dir, class_names=self.classes_
+            self.export()
+
+    def _write_checkpoint(self, path, finished, arrays):
+        checkpoints.write_checkpoint(
+            path,
+            self.model,
+            self._state_of(finished),
+            (self.memory if finished is None else finished.memory)
+            if self.memory_size
+            else None,
+            arrays,
+        )
+
+    def save_checkpoint(self, path=None):
+        """Writes the run's last finished stage to a checkpoint.
+
+        After a stage whose checkpoint could not be written (a full disk, a
+        folder made read-only), the run stays at the stage before and keeps
+        the finished one aside: `save_checkpoint()` writes it once the cause
+        is fixed, then the run moves on to it (and writes the report and the
+        serving export the stage end could not). Otherwise it writes the
+        current stage again, to `path` or to the run's `checkpoint`.
+
+        Args:
+            path: Optional `.keras` path to write; `None` for the run's
+                `checkpoint`. Defaults to `None`.
+
+        Returns:
+            The path written, as a string.
+
+        Raises:
+            ValueError: without a path (no `checkpoint` and `path=None`),
+                without a model, for a head grown for classes of a stage not
+                finished, or a path that cannot be written. Nothing is
+                changed.
+            OSError: when the write itself fails; the previous checkpoint
+                file is kept whole.
+
+        Example:
+
+        ```python
+        try:
+            model.fit(xs, ys, callbacks=[inc])
+        except OSError:
+            ...  # free some disk space
+            inc.save_checkpoint()
+        ```
+        """
+        if path is None:
+            path = self.checkpoint
+        if path is None:
+            raise ValueError(
+                "No checkpoint path: expected `path` or a run made with "
+                "`checkpoint=...`. Received: path=None, checkpoint=None"
             )
+        path = checkpoints.check_checkpoint_path(path)
+        model = self._known_model()
+        if model is None:
+            raise ValueError(
+                "No model yet: expected a run with a model (`model=`, "
+                "`adopt`, `restore`, or a finished stage) to save."
+            )
+        check_destination(path, "path")
+        if self._unsaved is None:
+            self._check_committed_width(model)
+            self._write_checkpoint(path, None, self.strategy.get_state())
+            return path
+        finished, after = self._unsaved
+        self._write_checkpoint(path, finished, after)
+        self.strategy.set_state(after)
+        self._unsaved = None
+        self._commit(finished)
+        self._publish()
+        return path
+
+    def _committed_classes(self, finished=None):
+        groups = (
+            self.stage_classes_
+            if finished is None
+            else (finished.stage_classes)
+        )
+        return self.encoder.classes_[: sum(len(g) for g in groups)]
+
+    def _check_committed_width(self, model):
+        head = find_head(model, self.head)
+        count = len(self._committed_classes())
+        if head.units != count:
+            raise ValueError(
+                f"The head '{head.name}' has {head.units} units but the run's "
+                f"finished stages know {count} classes: a stage was started "
+                "and not finished. Expected a call after a stage's `fit` "
+                "ended. Nothing was written."
+            )
+
+    def export(self, export_dir=None):
+        """Exports the last finished stage for TensorFlow Serving.
+
+        Writes the model as the next version of `export_dir`
+        (`export_for_serving`, with the class names and, in the version's
+        `assets.extra/keras_incremental.json`, the run and stage it holds).
+        A stage already exported there by this run is not written again.
+        A run with `export_dir` calls it at each stage end; a stage whose
+        export failed or was killed is exported before the next stage
+        trains, or by calling this again.
+
+        Args:
+            export_dir: Base folder of the versions; `None` for the run's
+                `export_dir`. Defaults to `None`.
+
+        Returns:
+            The path of the stage's version folder, as a string.
+
+        Raises:
+            ValueError: without a folder, a model or a finished stage, or
+                for a folder that cannot be written. Nothing is written.
+
+        Example:
+
+        ```python
+        model, inc = keras_incremental.IncrementalModel.restore(
+            "run/stages.keras", export_dir="serving/model"
+        )
+        inc.export()  # the restored stage, if its export was lost
+        ```
+        """
+        if export_dir is None:
+            export_dir = self.export_dir
+        if export_dir is None:
+            raise ValueError(
+                "No export folder: expected `export_dir` or a run made with "
+                "`export_dir=...`. Received: export_dir=None"
+            )
+        export_dir = os.fspath(export_dir)
+        model = self._known_model()
+        if model is None or self.stage_ == 0:
+            raise ValueError(
+                "Nothing to export yet: expected a run with a finished stage "
+                f"(`fit`, `adopt` or `restore`). Received: stage {self.stage_}"
+            )
+        self._check_committed_width(model)
+        path = None
+        if os.path.isdir(export_dir):
+            for version, metadata in sorted(
+                exported_versions(export_dir).items()
+            ):
+                if (
+                    isinstance(metadata, dict)
+                    and metadata.get("run") == self._run
+                    and metadata.get("stage") == self.stage_
+                ):
+                    path = os.path.join(export_dir, str(version))
+        if path is None:
+            path = export_for_serving(
+                model,
+                export_dir,
+                class_names=self._committed_classes(),
+                metadata={"run": self._run, "stage": self.stage_},
+            )
+        if export_dir == self.export_dir:
+            self._exported = self.stage_
+        return os.fspath(path)
 
     def predict(self, x, batch_size=None):
         """Class indices for `x`: the head's argmax, or the strategy's own
@@ -659,49 +903,57 @@ class IncrementalModel(keras.callbacks.Callback):
                 "No model yet: pass `model=` to `IncrementalModel` or train "
                 "a stage with `fit(..., callbacks=[inc])` first."
             )
-        context = self._context or StageContext(
-            model=model,
-            head=find_head(model, self.head),
-            stage=self.stage_,
-            old_units=0,
-            memory=self.memory,
-        )
+        return self._predict(x, None, batch_size)
+
+    def _predict(self, x, memory=None, batch_size=None):
+        """`predict` with `memory` (default: the run's) as the exemplars."""
+        model = self.model
+        memory = self.memory if memory is None else memory
+        if self._context is not None:
+            context = dataclasses.replace(self._context, memory=memory)
+        else:
+            context = StageContext(
+                model=model,
+                head=find_head(model, self.head),
+                stage=self.stage_,
+                old_units=0,
+                memory=memory,
+            )
         indices = self.strategy.predict(context, x)
         if indices is None:
             indices = np.argmax(outputs(model, x, batch_size), axis=-1)
         return np.asarray(indices, dtype="int64")
 
-    def _record_stage(self):
-        """Accuracy on each stage's classes, for the accuracy matrix."""
+    def _stage_record(self, stage_classes, memory=None):
+        """Accuracy on each stage's classes, for the accuracy matrix: the
+        history entry of the stage whose classes end `stage_classes`."""
         entry = {
-            "stage": self.stage_,
+            "stage": len(stage_classes) - 1,
             "classes": [
-                _plain(self.encoder.classes_[i])
-                for i in self.stage_classes_[-1]
+                _plain(self.encoder.classes_[i]) for i in stage_classes[-1]
             ],
         }
         if self.evaluation is not None:
             x_test, labels = self.evaluation
             indices = stage_data.evaluation_indices(labels, self.encoder)
             seen = indices >= 0
-            groups = [g for g in self.stage_classes_ if g]
+            groups = [g for g in stage_classes if g]
             if seen.any() and groups:
-                predicted = self.predict(x_test[seen])
+                predicted = self._predict(x_test[seen], memory)
                 row, overall = metrics.stage_accuracies(
                     indices[seen], predicted, groups
                 )
                 row = iter(row)
                 entry["row"] = [
-                    next(row) if g else float("nan")
-                    for g in self.stage_classes_
+                    next(row) if g else float("nan") for g in stage_classes
                 ]
                 entry["accuracy"] = overall
             else:
                 # No class of a stage in the test data yet: a row all the
                 # same, so that the accuracy matrix stays square.
-                entry["row"] = [float("nan")] * len(self.stage_classes_)
+                entry["row"] = [float("nan")] * len(stage_classes)
                 entry["accuracy"] = float("nan")
-        self.history_.append(entry)
+        return entry
 
     def metrics(self):
         """The run's continual metrics so far, from `evaluation` data.
@@ -737,16 +989,20 @@ class IncrementalModel(keras.callbacks.Callback):
             except ImportError:
                 pass  # matplotlib is an optional extra
 
-    def _update_memory(self):
+    def _updated_memory(self):
+        """The memory after this stage's samples, updated on a copy: the
+        run's own changes only when the stage is committed."""
         prepared = self._prepared
         if prepared is None or not self.memory_size:
-            return
+            return self.memory
         samples = prepared.samples
         if isinstance(samples, tf.data.Dataset):
             samples = stage_data.dataset_arrays(samples, self.encoder)
         embed, predict = self._memory_functions()
-        self.memory.selection = self.strategy.selection or "random"
-        self.memory.update(*samples, embed=embed, predict=predict)
+        memory = copy.deepcopy(self.memory)
+        memory.selection = self.strategy.selection or "random"
+        memory.update(*samples, embed=embed, predict=predict)
+        return memory
 
     def _memory_functions(self):
         """What the memory needs of the model: features for herding, logits
@@ -772,24 +1028,40 @@ class IncrementalModel(keras.callbacks.Callback):
         return embed, predict
 
     def state(self):
-        """The run's state for the checkpoint, as a JSON-able dict."""
+        """The run's state for the checkpoint, as a JSON-able dict.
+
+        Output paths (checkpoint, report, serving export) are not part of
+        it: a restored run writes where the caller of `restore` says.
+        """
+        return self._state_of(None)
+
+    def _state_of(self, finished):
+        """The state of the run, or of it after `finished`, for a file."""
         freeze = self.freeze if not callable(self.freeze) else None
+        if finished is None:
+            stage, history = self.stage_, self.history_
+            stage_classes = self.stage_classes_
+        else:
+            stage, history = finished.stage, finished.history
+            stage_classes = finished.stage_classes
+        classes = self._committed_classes(finished)
         return {
-            "stage": self.stage_,
-            "encoder": self.encoder.to_config(),
+            "stage": stage,
+            "run": self._run,
+            "encoder": LabelEncoder(classes or None).to_config(),
             "settings": {
                 "strategy": strategies.serialize(self.strategy),
                 "memory_size": self.memory_size,
-                "checkpoint": self.checkpoint,
                 "head": self.head,
                 "freeze": list(freeze) if isinstance(freeze, tuple) else freeze,
                 "learning_rates": self.learning_rates,
                 "seed": self.seed,
-                "report": self.report,
-                "export_dir": self.export_dir,
             },
-            "history": self.history_,
-            "stage_classes": self.stage_classes_,
+            "evaluation": self.evaluation is not None,
+            "freeze_callable": callable(self.freeze),
+            "exported": self._exported,
+            "history": history,
+            "stage_classes": stage_classes,
             "groups": None
             if self._groups is None
             else {str(m): p for m, p in self._groups.items()},
@@ -866,16 +1138,36 @@ class IncrementalModel(keras.callbacks.Callback):
         inc = cls(model=model, head=head_name, **options)
         inc.encoder = encoder
         inc.stage_classes_ = [list(range(len(encoder)))]
-        inc._record_stage()
+        entry = inc._stage_record(inc.stage_classes_)
         # Its units were trained elsewhere: the strategy's `adopt` hook runs
         # before the next stage (see `_adopted`).
-        inc.history_[-1]["adopted"] = True
+        entry["adopted"] = True
+        inc.history_ = [entry]
         inc.stage_ = 1
+        # The source is the user's own model: not a stage to export.
+        inc._exported = 1
         return model, inc
 
     @classmethod
-    def restore(cls, path, strategy=None):
+    def restore(
+        cls,
+        path,
+        strategy=None,
+        *,
+        checkpoint=None,
+        report=None,
+        export_dir=None,
+        evaluation=None,
+        freeze=None,
+    ):
         """Loads a stage checkpoint, ready for the next stage.
+
+        The checkpoint is read as untrusted data: every part is checked
+        (sizes before reading, the state key by key, the model with Keras's
+        `safe_mode`, the parts against each other) and a bad file is refused
+        with nothing changed. Nothing in it decides where the restored run
+        writes: its checkpoint goes to `path` (or `checkpoint`), and its
+        report and serving export only where these arguments say.
 
         Args:
             path: A checkpoint written by `IncrementalModel(checkpoint=...)`.
@@ -883,37 +1175,105 @@ class IncrementalModel(keras.callbacks.Callback):
                 instead of the saved one; needed when the run used strategy
                 parts of your own, which the checkpoint names but cannot
                 rebuild. Defaults to `None`, the saved strategy.
+            checkpoint: Where the next stages' checkpoints go. Defaults to
+                `None`: `path`.
+            report: Optional path of the JSON report to write after each
+                stage. Defaults to `None` (none).
+            export_dir: Optional serving export folder. The restored stage
+                is exported there before the next stage trains unless this
+                run exported it already. Defaults to `None` (none).
+            evaluation: Optional `(x_test, y_test)`, as in the constructor.
+                A file does not hold the test data: a run that had some
+                warns when it is not given again. Defaults to `None`.
+            freeze: Optional `freeze`, as in the constructor. Defaults to
+                `None`: the saved names or patterns. A callable cannot be
+                saved: a run that had one warns when it is not given again.
 
         Returns:
             `(model, inc)`: the model with its optimizer state, and an
             `IncrementalModel` with the class names, memory, stage number and
             settings of the run.
+
+        Raises:
+            ValueError: naming the file, the part and the problem, for a
+                file that is not a valid checkpoint (a newer format, parts
+                that disagree, unsafe or oversized contents). Nothing is
+                changed.
         """
         model, state, memory, arrays = checkpoints.read_checkpoint(
             path, ExemplarMemory
         )
+        path = checkpoints.check_checkpoint_path(path)
         settings = dict(state["settings"])
-        settings["strategy"] = (
-            strategies.deserialize(settings["strategy"])
-            if strategy is None
-            else strategy
+        if strategy is None:
+            try:
+                strategy = strategies.deserialize(settings["strategy"])
+            except TypeError as error:
+                raise ValueError(
+                    f"Checkpoint '{path}' is not valid: its strategy cannot be "
+                    f"rebuilt ({error}); pass `strategy=` to `restore`."
+                ) from error
+            saved_strategy = True
+        else:
+            saved_strategy = False
+        settings["strategy"] = strategy
+        if freeze is not None:
+            settings["freeze"] = freeze
+        elif state["freeze_callable"]:
+            warnings.warn(
+                f"The run saved in '{path}' froze layers with a callable, "
+                "which a checkpoint cannot hold; the next stages train every "
+                "layer unless you pass `freeze=` to `restore`.",
+                stacklevel=2,
+            )
+        if evaluation is None and state["evaluation"]:
+            warnings.warn(
+                f"The run saved in '{path}' had `evaluation` data, which a "
+                "checkpoint does not hold; pass `evaluation=` to `restore` to "
+                "keep measuring accuracy (`metrics()` is empty otherwise).",
+                stacklevel=2,
+            )
+        inc = cls(
+            model=model,
+            checkpoint=path if checkpoint is None else checkpoint,
+            report=report,
+            export_dir=export_dir,
+            evaluation=evaluation,
+            **settings,
         )
-        settings["checkpoint"] = checkpoints.check_checkpoint_path(path)
-        inc = cls(model=model, **settings)
-        inc.encoder = LabelEncoder.from_config(state["encoder"])
-        inc.stage_ = int(state["stage"])
-        inc.history_ = list(state.get("history", []))
-        inc.stage_classes_ = [list(g) for g in state.get("stage_classes", [])]
+        if saved_strategy:
+            inc.strategy.set_state(arrays)
+            try:
+                inc.strategy.check_state(model)
+            except ValueError as error:
+                raise ValueError(
+                    f"Checkpoint '{path}' is not valid: {error}"
+                ) from error
+        inc.encoder = state["encoder"]
+        inc.stage_ = state["stage"]
+        inc.history_ = state["history"]
+        inc.stage_classes_ = state["stage_classes"]
+        if state["run"]:
+            inc._run = state["run"]
+        inc._exported = state["exported"] or 0
         if memory is not None:
             inc.memory = memory
-        if strategy is None:
-            inc.strategy.set_state(arrays)
-        if state.get("groups") is not None:
-            inc._groups = {float(m): p for m, p in state["groups"].items()}
+        if state["groups"] is not None:
+            inc._groups = state["groups"]
             inc._base_rate = state["base_rate"]
         head = find_head(model, inc.head)
         inc._frozen = layers_to_freeze(model, head, inc.freeze)
         return model, inc
+
+
+@dataclasses.dataclass(frozen=True)
+class _FinishedStage:
+    """The run's records after a stage, before they are committed."""
+
+    stage: int
+    history: list
+    stage_classes: list
+    memory: ExemplarMemory
 
 
 def _plain(label):

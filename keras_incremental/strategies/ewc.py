@@ -73,12 +73,13 @@ class EWC(Strategy):
             return None
         ops = keras.ops
         total = 0.0
+        keys = _keys(context.model)
         for variable in context.model.trainable_variables:
-            fisher = self._fisher.get(variable.path)
+            fisher = self._fisher.get(keys[id(variable)])
             if fisher is None:
                 continue
             current = variable[tuple(slice(0, n) for n in fisher.shape)]
-            anchor = ops.convert_to_tensor(self._anchor[variable.path])
+            anchor = ops.convert_to_tensor(self._anchor[keys[id(variable)]])
             total = total + ops.sum(
                 ops.convert_to_tensor(fisher) * ops.square(current - anchor)
             )
@@ -92,14 +93,16 @@ class EWC(Strategy):
             x, labels = x[chosen], labels[chosen]
         variables = list(context.model.trainable_variables)
         fisher = _fisher_diagonal(context, variables, x, labels)
+        keys = _keys(context.model)
         for variable, value in zip(variables, fisher, strict=True):
-            previous = self._fisher.get(variable.path)
+            key = keys[id(variable)]
+            previous = self._fisher.get(key)
             if previous is not None:
                 padded = np.zeros_like(value)
                 padded[tuple(slice(0, n) for n in previous.shape)] = previous
                 value = value + padded
-            self._fisher[variable.path] = value.astype("float32")
-            self._anchor[variable.path] = np.asarray(variable.numpy())
+            self._fisher[key] = value.astype("float32")
+            self._anchor[key] = np.asarray(variable.numpy())
 
     def get_state(self):
         state = {f"fisher:{p}": v for p, v in self._fisher.items()}
@@ -118,12 +121,71 @@ class EWC(Strategy):
             if k.startswith("anchor:")
         }
 
+    def check_state(self, model):
+        """Checks the restored importances against `model`'s weights.
+
+        Keys are positions in `model.weights`; states saved by version 0.1
+        were keyed by variable path, which `load_model` changes for a
+        Sequential model (`sequential/head/kernel` -> `head/kernel`): those
+        are matched by path, with or without the model's prefix.
+        """
+        weights = list(model.weights)
+        fisher, anchor = {}, {}
+        for key, value in self._fisher.items():
+            index = _index_of(key, weights)
+            if index is None:
+                raise ValueError(
+                    f"EWC's saved importance '{key}' names no weight of "
+                    f"model '{model.name}'; expected one per trainable "
+                    "weight of the model it was saved with."
+                )
+            variable = weights[index]
+            saved = self._anchor.get(key)
+            if (
+                saved is None
+                or saved.shape != value.shape
+                or value.ndim != len(variable.shape)
+                or any(
+                    s > v
+                    for s, v in zip(value.shape, variable.shape, strict=True)
+                )
+            ):
+                raise ValueError(
+                    f"EWC's saved importance '{key}' has shape {value.shape}"
+                    f" (anchor {None if saved is None else saved.shape}); "
+                    f"expected a shape within weight '{variable.path}' of "
+                    f"shape {tuple(variable.shape)}, with an anchor of the "
+                    "same shape."
+                )
+            fisher[str(index)] = value
+            anchor[str(index)] = saved
+        self._fisher, self._anchor = fisher, anchor
+
     def get_config(self):
         return {
             "weight": self.weight,
             "samples": self.samples,
             "seed": self.seed,
         }
+
+
+def _keys(model):
+    """`id(variable) -> key`: the variable's position in `model.weights`,
+    which saving and loading keep (unlike variable paths)."""
+    return {id(v): str(i) for i, v in enumerate(model.weights)}
+
+
+def _index_of(key, weights):
+    if key.isdigit():
+        index = int(key)
+        return index if index < len(weights) else None
+    for index, variable in enumerate(weights):
+        path = variable.path
+        if key == path or key.split("/", 1)[-1] == path:
+            return index
+        if path.split("/", 1)[-1] == key:
+            return index
+    return None
 
 
 def _fisher_diagonal(context, variables, x, labels):

@@ -177,6 +177,10 @@ class Strategy:
     def set_state(self, state):
         """Restores what `get_state` returned."""
 
+    def check_state(self, model):
+        """Raises `ValueError` when the state set by `set_state` (read from
+        a checkpoint) does not fit `model`."""
+
     @property
     def parts(self):
         """The strategies this one is made of (itself for a single one)."""
@@ -293,6 +297,10 @@ class Combine(Strategy):
                     if name.startswith(prefix)
                 }
             )
+
+    def check_state(self, model):
+        for part in self._parts:
+            part.check_state(model)
 
     def get_config(self):
         return {"name": self.name}
