@@ -37,6 +37,9 @@ MEMORY_ENTRY = "keras_incremental/memory.h5"
 STRATEGY_ENTRY = "keras_incremental/strategy.h5"
 MAX_STATE_BYTES = 64 * 2**20
 MAX_ARRAYS = 10_000
+# The most values one stored sample may have when the model's input shape is
+# free (a 1024 x 1024 image).
+MAX_FREE_SAMPLE_ELEMENTS = 2**20
 # Room for h5py's own structures around the data.
 _H5_OVERHEAD_BYTES = 2**20
 
@@ -56,11 +59,16 @@ def check_checkpoint_path(path, must_exist=False):
             "Expected a checkpoint path ending in '.keras' (the checkpoint is "
             f"a Keras model file). Received: '{path}'"
         )
-    if must_exist and not os.path.lexists(path):
-        raise ValueError(
-            f"No checkpoint at '{path}'; expected a file written by "
-            "`IncrementalModel(checkpoint=...)`."
-        )
+    if must_exist:
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            raise ValueError(
+                f"No checkpoint at '{path}'; expected a file written by "
+                "`IncrementalModel(checkpoint=...)`."
+            ) from None
+        except OSError:
+            pass  # no permission: `safe_read.open_zip` says which
     return path
 
 
@@ -207,7 +215,8 @@ def _read_memory(archive, path, memory_class, model, state):
     budget = state["settings"]["memory_size"]
     sample = _sample_shape(model)
     units = len(state["encoder"])
-    row_bytes = 8 * (math.prod(sample) if sample else 1) + 12 * units + 16
+    values = MAX_FREE_SAMPLE_ELEMENTS if sample is None else math.prod(sample)
+    row_bytes = 8 * values + 12 * units + 16
     data = safe_read.read_member(
         archive, MEMORY_ENTRY, path, budget * row_bytes + _H5_OVERHEAD_BYTES
     )
@@ -220,7 +229,14 @@ def _read_memory(archive, path, memory_class, model, state):
                 "'memory' group; expected one written by the package."
             )
         memory = memory_class.load(
-            group, memory_size=budget, sample_shape=sample, source=part
+            group,
+            memory_size=budget,
+            sample_shape=sample,
+            source=part,
+            max_width=units,
+            max_sample_elements=MAX_FREE_SAMPLE_ELEMENTS
+            if sample is None
+            else None,
         )
     return memory
 
@@ -239,6 +255,24 @@ def _read_arrays(archive, path, model):
             raise ValueError(
                 f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' holds "
                 f"{len(keys)} arrays; expected at most {MAX_ARRAYS}."
+            )
+        # Every declared size is checked before any array is read: the
+        # strategy keeps at most two arrays per weight (EWC).
+        declared = 0
+        for key in keys:
+            dataset = safe_read.h5_child(file, key, h5py.Dataset, path)
+            if dataset is None:
+                raise ValueError(
+                    f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' "
+                    f"holds '{key}', which is not a dataset; expected arrays."
+                )
+            safe_read.check_dataset(dataset, path, max_elements=largest)
+            declared += math.prod(dataset.shape)
+        if declared > 2 * total:
+            raise ValueError(
+                f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' "
+                f"declares {declared} values; expected at most {2 * total} "
+                "(two per weight of the model)."
             )
         for key in keys:
             value = safe_read.read_dataset(

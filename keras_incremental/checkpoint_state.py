@@ -22,6 +22,21 @@ from keras_incremental.strategies import PARTS
 FORMAT_VERSION = 2
 MAX_CLASSES = 1_000_000
 MAX_NAME_LENGTH = 1024
+MAX_SEED = 2**63 - 1
+_KEYS = {
+    "format",
+    "stage",
+    "run",
+    "encoder",
+    "settings",
+    "history",
+    "stage_classes",
+    "groups",
+    "base_rate",
+    "exported",
+    "evaluation",
+    "freeze_callable",
+}
 _OUTPUT_PATHS = ("checkpoint", "report", "export_dir")
 
 
@@ -57,6 +72,9 @@ def check_state(state, path):
     """
     check = _Checker(path)
     check.kind(state, dict, "the state")
+    unknown = sorted(set(state) - _KEYS)
+    if unknown:
+        check.fail("the state", f"has unknown keys {unknown[:5]}")
     version = check.integer(state, "format", 1)
     if version > FORMAT_VERSION:
         raise ValueError(
@@ -72,6 +90,11 @@ def check_state(state, path):
         check.fail("encoder", f"is not a class list ({error})")
     if len(encoder) > MAX_CLASSES:
         check.fail("encoder", f"holds {len(encoder)} classes")
+    for name in encoder.classes_:
+        if isinstance(name, (str, bytes)) and len(name) > MAX_NAME_LENGTH:
+            check.fail(
+                "encoder", f"holds a class name of {len(name)} characters"
+            )
     settings = _check_settings(check, check.key(state, "settings"))
     history = check.key(state, "history")
     check.kind(history, list, "history")
@@ -130,7 +153,7 @@ def _check_settings(check, settings):
     out = {
         "strategy": _check_strategy(check, check.key(settings, "strategy")),
         "memory_size": check.integer(settings, "memory_size", 0),
-        "seed": check.integer(settings, "seed", None),
+        "seed": check.integer(settings, "seed", 0),
     }
     head = settings.get("head")
     if head is not None:
@@ -181,6 +204,8 @@ def _check_entry(check, entry, index):
     stage = entry.get("stage", index)
     if isinstance(stage, bool) or not isinstance(stage, numbers.Integral):
         check.fail(where, f"has a 'stage' of {stage!r}")
+    if ("row" in entry) != ("accuracy" in entry):
+        check.fail(where, "has one of 'row' and 'accuracy'; expected both")
     if "row" in entry:
         row = entry["row"]
         check.kind(row, list, f"{where}.row")
@@ -232,6 +257,12 @@ def _check_stage_classes(check, groups, stage, n_classes):
                 check.fail("stage_classes", f"holds class {index} twice")
             seen.add(index)
         out.append(list(group))
+    if seen != set(range(n_classes)):
+        check.fail(
+            "stage_classes",
+            f"covers {len(seen)} of the {n_classes} classes; expected every "
+            "class in exactly one stage",
+        )
     return out
 
 
@@ -286,8 +317,10 @@ class _Checker:
         value = self.key(mapping, key)
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(key, f"is {value!r}; expected an integer")
-        if minimum is not None and value < minimum:
-            self.fail(key, f"is {value}; expected an integer >= {minimum}")
+        if not minimum <= value <= MAX_SEED:
+            self.fail(
+                key, f"is {value}; expected an integer in [{minimum}, 2**63)"
+            )
         return value
 
     def number(self, value, where, positive=False):

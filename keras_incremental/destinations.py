@@ -5,12 +5,14 @@ end costs all of it. `check_destination` is run at the start of each stage
 for the checkpoint, the report and the serving export: it finds the folder
 the file will go to (or the nearest one that exists, since the writers make
 missing folders) and writes and removes a probe file there. The probe is
-named like the writers' temporary files (`.partial-<pid>-...`), so one left
-by a crash is cleaned like theirs.
+named like the writers' temporary files (`files.partial_prefix`), so one
+left by a crash is cleaned like theirs.
 """
 
 import os
 import tempfile
+
+from keras_incremental.files import partial_prefix
 
 
 def check_destination(path, argument, folder=False):
@@ -45,9 +47,7 @@ def check_destination(path, argument, folder=False):
             f"cannot be made: '{parent}' on its path is a file, not a folder",
         )
     try:
-        handle, probe = tempfile.mkstemp(
-            prefix=f".partial-{os.getpid()}-probe-", dir=parent
-        )
+        handle, probe = tempfile.mkstemp(prefix=partial_prefix(), dir=parent)
     except OSError as error:
         _fail(argument, path, f"cannot be written: '{parent}' {_why(error)}")
     os.close(handle)

@@ -11,6 +11,7 @@ from keras_incremental import compat
 from keras_incremental.checks import check_unit_count
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.layers.new_units import new_units_value
+from keras_incremental.patterns import MAX_NAME_LENGTH
 from keras_incremental.patterns import compile_pattern
 
 # Slot lists that hold the variable's value once the optimizer has taken a
@@ -43,7 +44,17 @@ def layers_matching(model, pattern, purpose):
     """
     layers = [layer for layer in iter_layers(model) if layer.weights]
     compiled = compile_pattern(pattern, purpose)
-    matches = [layer for layer in layers if compiled.fullmatch(layer.name)]
+    # A name longer than the patterns are made safe for is matched only
+    # literally: its length is the other factor of the matching time.
+    matches = [
+        layer
+        for layer in layers
+        if (
+            compiled.fullmatch(layer.name)
+            if len(layer.name) <= MAX_NAME_LENGTH
+            else layer.name == pattern
+        )
+    ]
     if not matches:
         raise ValueError(
             f"{purpose} {pattern!r} matches no layer with weights; expected "

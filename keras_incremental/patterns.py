@@ -4,15 +4,19 @@
 stores them; a checkpoint may come from someone else. Python's `re`
 backtracks: a pattern such as `(a+)+b` takes time exponential in the length
 of the name it is matched against. `compile_pattern` refuses the shapes that
-cause it (a repeated group that itself repeats or holds alternatives) and
-bounds the pattern's length and its number of unbounded repeats, so that
-matching a layer name stays cheap.
+cause it (a repeated group that itself repeats or holds alternatives, and
+verbose mode, where spaces and comments could hide that shape) and bounds
+the pattern's length and its number of repeats, so that matching a layer
+name of up to `MAX_NAME_LENGTH` characters stays cheap (checkpoints refuse
+longer layer names).
 """
 
 import re
 
 MAX_PATTERN_LENGTH = 256
-MAX_UNBOUNDED_REPEATS = 4
+MAX_REPEATS = 3
+MAX_NAME_LENGTH = 256
+_VERBOSE_FLAG = re.compile(r"\(\?[a-zA-Z]*x[a-zA-Z]*(?:-[a-zA-Z]*)?[:)]")
 
 _BRACES = re.compile(r"\{(\d*)(,?)(\d*)\}")
 
@@ -31,9 +35,10 @@ def compile_pattern(pattern, purpose):
     Raises:
         TypeError: for a pattern that is not a string.
         ValueError: for an invalid expression, one longer than
-            `MAX_PATTERN_LENGTH`, one with a repeated group that repeats or
-            holds alternatives inside (`(a+)+`, `(a|ab)*`), or one with more
-            than `MAX_UNBOUNDED_REPEATS` of `*`, `+` or `{n,}`.
+            `MAX_PATTERN_LENGTH`, one in verbose mode (`(?x)`), one with a
+            repeated group that repeats or holds alternatives inside
+            (`(a+)+`, `(a|ab)*`), or one with more than `MAX_REPEATS`
+            repeats of more than one (`*`, `+`, `{m,n}` with `n > 1`).
 
     Example:
 
@@ -57,7 +62,13 @@ def compile_pattern(pattern, purpose):
             f"{purpose} {pattern!r} is not a valid regular expression "
             f"({error}); expected a layer name or pattern."
         ) from error
-    nested, unbounded = _repeats(pattern)
+    if compiled.flags & re.VERBOSE or _VERBOSE_FLAG.search(pattern):
+        raise ValueError(
+            f"{purpose} {pattern!r} uses verbose mode (`x` flag); expected "
+            "a pattern without it (its spaces and comments could hide a "
+            "nested repeat)."
+        )
+    nested, repeats = _repeats(pattern)
     if nested:
         raise ValueError(
             f"{purpose} {pattern!r} repeats a group that itself repeats or "
@@ -65,17 +76,18 @@ def compile_pattern(pattern, purpose):
             "exponential in the name's length. Expected a pattern without "
             "nested repeats, such as 'block_[0-9]+' or '(conv|dense)_1'."
         )
-    if unbounded > MAX_UNBOUNDED_REPEATS:
+    if repeats > MAX_REPEATS:
         raise ValueError(
-            f"{purpose} {pattern!r} has {unbounded} unbounded repeats (`*`, "
-            f"`+`, `{{n,}}`); expected at most {MAX_UNBOUNDED_REPEATS}."
+            f"{purpose} {pattern!r} has {repeats} repeats (`*`, `+`, "
+            f"`{{m,n}}`); expected at most {MAX_REPEATS}."
         )
     return compiled
 
 
 def _repeats(pattern):
-    """`(nested, unbounded)`: the first repeated group that repeats or holds
-    alternatives inside (or `None`), and the count of unbounded repeats."""
+    """`(nested, repeats)`: the first repeated group that repeats or holds
+    alternatives inside (or `None`), and the count of repeats of more than
+    one (`?` and `{0,1}` are not counted)."""
     # One entry per open group: (start index, whether it is risky).
     groups = [(0, False)]
     previous = None  # (start, risky) of a group that just closed
@@ -105,9 +117,9 @@ def _repeats(pattern):
             _mark(groups)
             i += 1
             continue
-        length, bounded = _quantifier(pattern, i)
+        length, many = _quantifier(pattern, i)
         if length:
-            if not bounded:
+            if many:
                 unbounded += 1
             if closed is not None and closed[1]:
                 return pattern[closed[0] : i + length], unbounded
@@ -127,18 +139,23 @@ def _mark(groups):
 
 
 def _quantifier(pattern, i):
-    """`(length, bounded)` of the repeat at `i`, `(0, True)` for none."""
+    """`(length, many)` of the repeat at `i` (`many`: it may repeat more
+    than once), `(0, False)` for none."""
     char = pattern[i]
     if char in "*+":
-        return 1, False
-    if char == "?":
         return 1, True
+    if char == "?":
+        return 1, False
     if char == "{":
         match = _BRACES.match(pattern, i)
         if match:
-            bounded = not match.group(2) or bool(match.group(3))
-            return match.end() - i, bounded
-    return 0, True
+            low, comma, high = match.groups()
+            if not comma:
+                many = int(low or 0) > 1
+            else:
+                many = not high or int(high) > 1
+            return match.end() - i, many
+    return 0, False
 
 
 def _class_end(pattern, i):

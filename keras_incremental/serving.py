@@ -404,7 +404,39 @@ def _ends_in_softmax(model):
         # No graph to follow (a subclassed model): its last layer decides.
         layers = getattr(model, "layers", None)
         return bool(layers) and _made_by_softmax(layers[-1], 0)
-    operation, _, index = compat.tensor_producer(outputs[0])
+    return _from_softmax(outputs[0])
+
+
+# Layers whose inference output is their input: a softmax before them is
+# still the model's output (an adopted softmax `Dense` followed by Dropout).
+_PASS_THROUGH = (
+    keras.layers.Dropout,
+    keras.layers.AlphaDropout,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.Identity,
+    keras.layers.ActivityRegularization,
+)
+
+
+def _passes_through(operation):
+    if isinstance(operation, _PASS_THROUGH):
+        return True
+    return isinstance(operation, keras.layers.Activation) and (
+        getattr(operation.activation, "__name__", "") == "linear"
+    )
+
+
+def _from_softmax(tensor):
+    """Whether symbolic `tensor` is a softmax's output, looking back
+    through layers that pass their input through at inference."""
+    operation, inputs, index = compat.tensor_producer(tensor)
+    while (
+        operation is not None
+        and _passes_through(operation)
+        and len(inputs) == 1
+    ):
+        operation, inputs, index = compat.tensor_producer(inputs[0])
     return _made_by_softmax(operation, index)
 
 
@@ -421,8 +453,7 @@ def _made_by_softmax(operation, index):
         return _ends_in_softmax(operation)
     if index >= len(outputs):
         return False
-    inner, _, inner_index = compat.tensor_producer(outputs[index])
-    return _made_by_softmax(inner, inner_index)
+    return _from_softmax(outputs[index])
 
 
 def _serving_function(model, names, ends_in_softmax):

@@ -137,9 +137,17 @@ def test_round_trip_of_a_good_checkpoint(saved):
         ({"settings.learning_rates": {"body": -1}}, "learning_rates"),
         ({"settings.strategy": "default"}, "settings.strategy"),
         ({"stage_classes": [[0, 7]]}, "stage_classes"),
-        ({"history": [{"stage": 0, "row": [3.0]}]}, "outside [0, 1]"),
+        (
+            {"history": [{"stage": 0, "row": [3.0], "accuracy": 0.5}]},
+            "outside [0, 1]",
+        ),
         ({"encoder": {"kind": "str"}}, "encoder"),
         ({"exported": 5}, "exported"),
+        ({"settings.seed": -1}, "seed"),
+        ({"settings.seed": 2**64}, "seed"),
+        ({"history": [{"stage": 0, "row": [0.5]}]}, "'row' and 'accuracy'"),
+        ({"stage_classes": [[0]]}, "covers 1 of the 2 classes"),
+        ({"surprise": 1}, "unknown keys"),
     ],
 )
 def test_bad_state_is_refused_naming_the_key(saved, tmp_path, changes, pattern):
@@ -243,12 +251,41 @@ def _memory_case(name):
             g.create_dataset("x", data=np.zeros((12, 4), "float32")),
             g.create_dataset("y", data=np.zeros(12, "int64")),
         ),
+        "seed": lambda g: (
+            g.attrs.__setitem__("seed", -1),
+            g.create_dataset("x", data=x),
+            g.create_dataset("y", data=y),
+        ),
+        # 13M columns of logits for a 2-unit head, a few KB compressed.
+        "logits": lambda g: (
+            g.create_dataset("x", data=x),
+            g.create_dataset("y", data=y),
+            g.create_dataset(
+                "logits",
+                shape=(4, 13_000_000),
+                dtype="float32",
+                chunks=(1, 1_000_000),
+                compression="gzip",
+            ),
+            g.create_dataset("logit_widths", data=np.full(4, 2)),
+        ),
     }
     return _memory_h5(cases[name])
 
 
 @pytest.mark.parametrize(
-    "case", ["lengths", "nan", "range", "negative", "shape", "budget", "over"]
+    "case",
+    [
+        "lengths",
+        "nan",
+        "range",
+        "negative",
+        "shape",
+        "budget",
+        "over",
+        "seed",
+        "logits",
+    ],
 )
 def test_inconsistent_memory_is_refused(saved, tmp_path, case):
     path = _rewrite(saved, tmp_path, **{MEMORY: _memory_case(case)})
@@ -297,6 +334,39 @@ def test_a_compressed_memory_bomb_is_refused_before_reading(saved, tmp_path):
     assert time.perf_counter() - started < 20
 
 
+def test_strategy_arrays_are_bounded_before_reading(tmp_path):
+    path = tmp_path / "ewc.keras"
+    _run(path, strategy="ewc")
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
+        for index in range(40):  # 40 copies of the kernel: over 2 per weight
+            dataset = file.create_dataset(
+                f"array_{index}", data=np.zeros((8, 2), "float32")
+            )
+            dataset.attrs["name"] = f"0:fisher:{index}"
+    bad = _rewrite(
+        (path, members),
+        tmp_path,
+        **{checkpoints.STRATEGY_ENTRY: buffer.getvalue()},
+    )
+    _refused(bad, "strategy.h5", "two per weight")
+
+
+def test_restore_with_a_strategy_of_the_same_parts_keeps_its_state(tmp_path):
+    path = tmp_path / "ewc.keras"
+    _, inc = _run(path, strategy="ewc")
+    _, again = ki.IncrementalModel.restore(
+        str(path), strategy=ki.strategies.EWC(weight=5.0)
+    )
+    assert again.strategy.weight == 5.0
+    saved = inc.strategy.get_state()
+    assert saved and set(again.strategy.get_state()) == set(saved)
+    with pytest.warns(UserWarning, match="cannot take"):
+        ki.IncrementalModel.restore(str(path), strategy="replay")
+
+
 def test_damaged_archives_are_value_errors(saved, tmp_path):
     (tmp_path / "text.keras").write_text("not a zip")
     _refused(tmp_path / "text.keras", "zip")
@@ -318,9 +388,22 @@ def test_damaged_archives_are_value_errors(saved, tmp_path):
 
 def test_unsafe_patterns_are_refused_quickly():
     started = time.perf_counter()
-    for pattern in ["(a+)+$", "(a|aa)*b", "(x?)+y", ".*" * 5 + "z"]:
+    for pattern in [
+        "(a+)+$",
+        "(a|aa)*b",
+        "(x?)+y",
+        ".*" * 4 + "z",
+        "(?x)(a+) +",
+        "(?x)(a+#)\n)+",
+        "a{0,20}" * 12 + "b",
+    ]:
         with pytest.raises(ValueError):
             compile_pattern(pattern, "Freeze pattern")
+    # The worst shapes accepted, on the longest name they are matched
+    # against: far from exponential.
+    name = "a" * 256
+    for pattern in [".*.*.*z", "a*a*a*b", "a{0,99}a{0,99}a{0,99}b", "(a|a)b"]:
+        compile_pattern(pattern, "Freeze pattern").fullmatch(name)
     with pytest.raises(ValueError, match="at most 256"):
         compile_pattern("a" * 300, "Freeze pattern")
     assert time.perf_counter() - started < 1

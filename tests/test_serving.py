@@ -449,6 +449,13 @@ def nested_softmax_model(kind):
         end = [ki.ExpandableDense(3, activation="softmax", name="head")]
     elif kind == "layer":
         end = [keras.layers.Dense(3), keras.layers.Softmax()]
+    elif kind == "dropout":
+        # An adopted softmax `Dense` may be followed by such layers.
+        end = [
+            keras.layers.Dense(3, activation="softmax"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Activation("linear"),
+        ]
     else:
         end = [keras.layers.Dense(3), keras.layers.Activation("softmax")]
     inner = keras.Sequential(
@@ -461,7 +468,9 @@ def nested_softmax_model(kind):
     return keras.Model(inputs_, inner(hidden))
 
 
-@pytest.mark.parametrize("kind", ["dense", "head", "layer", "two_deep"])
+@pytest.mark.parametrize(
+    "kind", ["dense", "head", "layer", "dropout", "two_deep"]
+)
 def test_softmax_inside_a_nested_model_is_not_applied_twice(tmp_path, kind):
     keras.utils.set_random_seed(0)
     model = nested_softmax_model(kind)

@@ -89,7 +89,8 @@ class IncrementalModel(keras.callbacks.Callback):
             `MultiplierOptimizer` (a `keras.optimizers.MultiOptimizer` whose
             `learning_rate` is the base rate) whose state carries over
             between stages. Defaults to `None`.
-        seed: Integer seed for exemplar selection and shuffling. Defaults to
+        seed: Integer seed in [0, 2**63) for exemplar selection and
+            shuffling. Defaults to
             `0`.
         evaluation: Optional `(x_test, y_test)` with class labels as given
             to `prepare`. After each stage the samples of the classes seen so
@@ -155,6 +156,11 @@ class IncrementalModel(keras.callbacks.Callback):
         self.learning_rates = learning_rates
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"Expected an integer seed. Received: {seed!r}")
+        if not 0 <= seed < 2**63:
+            raise ValueError(
+                "Expected `seed` to be an integer in [0, 2**63) (NumPy's "
+                f"random generators take no other). Received: seed={seed}"
+            )
         self.seed = int(seed)
         self.evaluation = _check_evaluation(evaluation)
         self.report = _check_path(report, "report", ".json")
@@ -672,10 +678,15 @@ class IncrementalModel(keras.callbacks.Callback):
         compat.remake_compiled_functions(model)
         context = self._context
         before = self.strategy.get_state()
-        if context is not None:
-            self.strategy.end_stage(context)
-            context.teacher = None
-        finished = self._finished(self._new_classes_of_stage())
+        try:
+            if context is not None:
+                self.strategy.end_stage(context)
+                context.teacher = None
+            finished = self._finished(self._new_classes_of_stage())
+        except BaseException:
+            # The run stays at the stage before; `fit` again to redo it.
+            self.strategy.set_state(before)
+            raise
         self._prepared = None
         after = self.strategy.get_state()
         # The checkpoint first: a failing report or export must not cost
@@ -1205,6 +1216,7 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         path = checkpoints.check_checkpoint_path(path)
         settings = dict(state["settings"])
+        saved_parts = [p["class"] for p in settings["strategy"]["parts"]]
         if strategy is None:
             try:
                 strategy = strategies.deserialize(settings["strategy"])
@@ -1213,9 +1225,16 @@ class IncrementalModel(keras.callbacks.Callback):
                     f"Checkpoint '{path}' is not valid: its strategy cannot be "
                     f"rebuilt ({error}); pass `strategy=` to `restore`."
                 ) from error
-            saved_strategy = True
-        else:
-            saved_strategy = False
+        strategy = strategies.get(strategy)
+        # What the saved strategy learned (EWC's importances) goes on with a
+        # strategy of the same parts, whatever their settings.
+        same_parts = [type(p).__name__ for p in strategy.parts] == saved_parts
+        if arrays and not same_parts:
+            warnings.warn(
+                f"The strategy saved in '{path}' ({saved_parts}) learned "
+                f"state that {strategy.name!r} cannot take; it is dropped.",
+                stacklevel=2,
+            )
         settings["strategy"] = strategy
         if freeze is not None:
             settings["freeze"] = freeze
@@ -1241,7 +1260,7 @@ class IncrementalModel(keras.callbacks.Callback):
             evaluation=evaluation,
             **settings,
         )
-        if saved_strategy:
+        if same_parts:
             inc.strategy.set_state(arrays)
             try:
                 inc.strategy.check_state(model)

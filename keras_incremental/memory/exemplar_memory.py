@@ -190,7 +190,15 @@ class ExemplarMemory:
             group.create_dataset("logit_widths", data=self.logit_widths_)
 
     @classmethod
-    def load(cls, group, memory_size=None, source="memory", sample_shape=None):
+    def load(
+        cls,
+        group,
+        memory_size=None,
+        source="memory",
+        sample_shape=None,
+        max_width=None,
+        max_sample_elements=None,
+    ):
         """Reads a memory written by `save` from an open `h5py` group.
 
         The group is untrusted input: its attributes, the declared shapes
@@ -207,6 +215,12 @@ class ExemplarMemory:
             sample_shape: Optional shape of one sample (the model's input
                 without the batch axis); the stored samples must have it,
                 checked before they are read. Defaults to `None`, no check.
+            max_width: Optional largest number of columns of the stored
+                logits (the head's units), checked before they are read.
+                Defaults to `None`, no check.
+            max_sample_elements: Optional largest number of values in one
+                stored sample, checked before they are read (for inputs of
+                a free shape). Defaults to `None`, no check.
 
         Returns:
             An `ExemplarMemory`.
@@ -224,12 +238,12 @@ class ExemplarMemory:
         selection = safe_read.read_attr(group, "selection", path, "str")
         seed = safe_read.read_attr(group, "seed", path, "int")
         updates = safe_read.read_attr(group, "updates", path, "int")
-        if size < 0 or updates < 0:
+        if not all(0 <= value < 2**63 for value in (size, seed, updates)):
             raise _invalid(
                 path,
                 group,
-                "non-negative `memory_size` and `updates`",
-                f"memory_size={size}, updates={updates}",
+                "`memory_size`, `seed` and `updates` in [0, 2**63)",
+                f"memory_size={size}, seed={seed}, updates={updates}",
             )
         if selection not in SELECTIONS:
             raise _invalid(
@@ -280,6 +294,33 @@ class ExemplarMemory:
                 f"samples of shape {tuple(sample_shape)} (the model's input)"
                 f" in '{group.name}/x'",
                 f"shape {datasets['x'].shape}",
+            )
+        if (
+            max_sample_elements is not None
+            and "x" in datasets
+            and math.prod(datasets["x"].shape[1:]) > max_sample_elements
+        ):
+            raise _invalid(
+                path,
+                group,
+                f"at most {max_sample_elements} values per sample in "
+                f"'{group.name}/x'",
+                f"shape {datasets['x'].shape}",
+            )
+        if (
+            max_width is not None
+            and "logits" in datasets
+            and (
+                len(datasets["logits"].shape) != 2
+                or datasets["logits"].shape[1] > max_width
+            )
+        ):
+            raise _invalid(
+                path,
+                group,
+                f"logits of at most {max_width} columns (the head's units) "
+                f"in '{group.name}/logits'",
+                f"shape {datasets['logits'].shape}",
             )
         if rows and "x" not in datasets:
             raise _invalid(
