@@ -18,7 +18,7 @@ import pytest
 import keras_incremental as ki
 from keras_incremental import checkpoint as checkpoints
 from keras_incremental.patterns import compile_pattern
-from tests.helpers import values
+from helpers import values
 
 STATE = checkpoints.STATE_ENTRY
 MEMORY = checkpoints.MEMORY_ENTRY
