@@ -14,11 +14,11 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from helpers import values
 
 import keras_incremental as ki
 from keras_incremental import checkpoint as checkpoints
 from keras_incremental.patterns import compile_pattern
-from helpers import values
 
 STATE = checkpoints.STATE_ENTRY
 MEMORY = checkpoints.MEMORY_ENTRY
