@@ -25,6 +25,7 @@ import h5py
 import keras
 import numpy as np
 
+from keras_incremental import compat
 from keras_incremental import safe_read
 from keras_incremental.checkpoint_state import FORMAT_VERSION
 from keras_incremental.checkpoint_state import check_state
@@ -85,6 +86,7 @@ def write_checkpoint(path, model, state, memory=None, arrays=None):
         allow_nan=False,
     )
     with atomic_path(path, ".keras") as temporary:
+        compat.cache_saving_skipsets()
         model.save(temporary)
         with zipfile.ZipFile(temporary, "a") as archive:
             archive.writestr(STATE_ENTRY, text)
@@ -182,6 +184,7 @@ def _refuse_nan(value, path):
 
 
 def _load_model(path):
+    compat.cache_saving_skipsets()
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as error:
