@@ -1010,7 +1010,10 @@ class IncrementalModel(keras.callbacks.Callback):
         if isinstance(samples, tf.data.Dataset):
             samples = stage_data.dataset_arrays(samples, self.encoder)
         embed, predict = self._memory_functions()
-        memory = copy.deepcopy(self.memory)
+        # `update` replaces the memory's arrays rather than writing into
+        # them: a shallow copy keeps the run's own memory as it was, without
+        # a second copy of the exemplars.
+        memory = copy.copy(self.memory)
         memory.selection = self.strategy.selection or "random"
         memory.update(*samples, embed=embed, predict=predict)
         return memory
