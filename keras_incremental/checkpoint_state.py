@@ -22,7 +22,8 @@ from keras_incremental.strategies import PARTS
 FORMAT_VERSION = 2
 MAX_CLASSES = 1_000_000
 MAX_NAME_LENGTH = 1024
-MAX_SEED = 2**63 - 1
+# Integers of the state (stage, seed, budget) fit NumPy's int64 and seeds.
+MAX_INTEGER = 2**63 - 1
 _KEYS = {
     "format",
     "stage",
@@ -317,7 +318,7 @@ class _Checker:
         value = self.key(mapping, key)
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(key, f"is {value!r}; expected an integer")
-        if not minimum <= value <= MAX_SEED:
+        if not minimum <= value <= MAX_INTEGER:
             self.fail(
                 key, f"is {value}; expected an integer in [{minimum}, 2**63)"
             )

@@ -471,8 +471,7 @@ class IncrementalModel(keras.callbacks.Callback):
         if (
             self.export_dir is not None
             and self._exported < self.stage_
-            and find_head(model, self.head).units
-            == len(self._committed_classes())
+            and self._head_is_committed(model)
         ):
             # The last stage's export failed or was killed: its model is
             # still the one here, until this stage trains.
@@ -682,7 +681,7 @@ class IncrementalModel(keras.callbacks.Callback):
             if context is not None:
                 self.strategy.end_stage(context)
                 context.teacher = None
-            finished = self._finished(self._new_classes_of_stage())
+            finished = self._finished(list(getattr(self, "_new_classes", [])))
         except BaseException:
             # The run stays at the stage before; `fit` again to redo it.
             self.strategy.set_state(before)
@@ -707,9 +706,6 @@ class IncrementalModel(keras.callbacks.Callback):
                 raise
         self._commit(finished)
         self._publish()
-
-    def _new_classes_of_stage(self):
-        return list(getattr(self, "_new_classes", []))
 
     def _finished(self, new_classes):
         """The run's state after this stage, computed aside: the memory
@@ -818,10 +814,16 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         return self.encoder.classes_[: sum(len(g) for g in groups)]
 
-    def _check_committed_width(self, model):
+    def _head_is_committed(self, model):
+        """Whether the head has a unit per class of the finished stages
+        (not yet grown for a stage started and not finished)."""
         head = find_head(model, self.head)
-        count = len(self._committed_classes())
-        if head.units != count:
+        return head.units == len(self._committed_classes())
+
+    def _check_committed_width(self, model):
+        if not self._head_is_committed(model):
+            head = find_head(model, self.head)
+            count = len(self._committed_classes())
             raise ValueError(
                 f"The head '{head.name}' has {head.units} units but the run's "
                 f"finished stages know {count} classes: a stage was started "
