@@ -223,7 +223,12 @@ def _load(source):
         source, "For another format, load the model yourself and pass it."
     )
     try:
-        model = keras.saving.load_model(path, compile=True, safe_mode=True)
+        model = keras.saving.load_model(
+            path,
+            custom_objects=compat.portable_optimizers(),
+            compile=True,
+            safe_mode=True,
+        )
     except Exception as error:
         raise ValueError(
             f"Keras could not load '{path}' ({type(error).__name__}: "

@@ -186,7 +186,9 @@ def _refuse_nan(value, path):
 def _load_model(path):
     compat.cache_saving_skipsets()
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        return keras.saving.load_model(
+            path, custom_objects=compat.portable_optimizers(), safe_mode=True
+        )
     except Exception as error:
         # Keras raises many kinds of errors for a damaged or hostile file;
         # the user needs to know it is this file, not their code.

@@ -227,6 +227,15 @@ def state_width(outputs, units, free=False):
     return outputs
 
 
+def in_shape_inference():
+    """Whether layers are being called for shapes only
+    (`backend.compute_output_spec`, which `fit` uses to build the compiled
+    metrics and loss on JAX and PyTorch): what they compute is never run."""
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    return in_symbolic_scope()
+
+
 def guarded_product(product, inputs, kernel, dtype):
     """`product()`, or an empty output while `kernel` has no columns.
 
@@ -302,6 +311,11 @@ def optimizer_knows(optimizer, variable):
     return (
         optimizer._var_key(variable) in optimizer._trainable_variables_indices
     )
+
+
+def optimizer_variable_count(optimizer):
+    """How many variables the built `optimizer` updates."""
+    return len(optimizer._trainable_variables)
 
 
 def optimizer_variable_index(optimizer, variable):
@@ -613,11 +627,33 @@ def remake_compiled_functions(model):
     replaced by one that remakes it (`make_*_function(force=True)`) on its
     first call and runs the new one: `fit` reads `model.train_function` on
     every step, so the attribute must stay callable (growth may happen inside
-    a callback), and, as with `compile`, nothing is made until it is used.
+    a callback), and, as with `compile`, nothing is made until it is used;
+    except on JAX under a `keras.distribution`, where they are made at once
+    (see `_make_reads_variables`).
     """
+    eager = _make_reads_variables()
     for kind in ("train", "test", "predict"):
         if getattr(model, f"{kind}_function", None) is not None:
-            setattr(model, f"{kind}_function", _RemadeOnCall(model, kind))
+            if eager:
+                getattr(model, f"make_{kind}_function")(force=True)
+            else:
+                setattr(model, f"{kind}_function", _RemadeOnCall(model, kind))
+
+
+def _make_reads_variables():
+    """Whether `make_*_function` reads the variables' values.
+
+    On JAX under a `keras.distribution`, it reads every state variable's
+    sharding; `fit`, `evaluate` and `predict` take the values out of the
+    variables (`_purge_model_variables`) before the first call, so a
+    function made on that call would find none. JAX's `make_*_function`
+    only wraps the step in `jax.jit` (tracing waits for the first call), so
+    making it at once costs nothing.
+    """
+    return (
+        keras.backend.backend() == "jax"
+        and keras.distribution.distribution() is not None
+    )
 
 
 class _RemadeOnCall:
@@ -652,6 +688,24 @@ class _RemadeOnCall:
             setattr(self.model, attribute, made)
             function = made
         return function
+
+
+def portable_optimizers():
+    """`custom_objects` that load an optimizer saved on any backend.
+
+    On PyTorch, `keras.optimizers.Adam()` makes an instance of a
+    backend-only subclass (`keras.src.backend.torch.optimizers.torch_adam`),
+    and `model.save` records that module: another backend would load the
+    PyTorch class and fail on its first step. These map each public
+    optimizer's registered name (its class name) to the public class, which
+    makes this backend's own kind.
+    """
+    return {
+        name: value
+        for name, value in vars(keras.optimizers).items()
+        if isinstance(value, type)
+        and issubclass(value, keras.optimizers.Optimizer)
+    }
 
 
 def set_model_optimizer(model, optimizer):

@@ -22,9 +22,9 @@ import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_incremental import compat
+from keras_incremental import export_worker
 from keras_incremental.files import open_mode
 from keras_incremental.files import partial_prefix
 from keras_incremental.files import remove_stale_partials
@@ -75,8 +75,12 @@ def export_for_serving(
 
     Args:
         model: A built, single-input, single-output Keras classifier, made
-            with `keras.Input` (a `Sequential` or functional model). Needs
-            the TensorFlow backend.
+            with `keras.Input` (a `Sequential` or functional model), on any
+            backend. Off TensorFlow, the model is saved to a `.keras` file
+            beside the export and the SavedModel is written from it by a
+            TensorFlow-backend subprocess (a few seconds more): its layers
+            must be Keras's own or registered serializable ones that the
+            subprocess can import.
         export_dir: Base folder of the exported versions; made when missing.
         class_names: The class of each output unit, in order: a list of
             strings or integers (integers are written as their decimal
@@ -113,13 +117,14 @@ def export_for_serving(
             each output unit exactly once; when `export_dir` is a file; when
             `version` is not positive or exists already; when
             `warmup_inputs` does not fit the model's input; when `metadata`
-            would not read back equal or is too large; or when the backend
-            is not TensorFlow.
+            would not read back equal or is too large.
         TypeError: when `model`, `class_names`, `version` or `metadata` is
             of the wrong type, or `metadata` holds a value JSON cannot
             write.
         ImportError: when `warmup_inputs` is given and
             `tensorflow-serving-api` is not installed.
+        RuntimeError: off TensorFlow, when the export subprocess fails; its
+            error output is in the message.
 
     Example:
 
@@ -144,7 +149,6 @@ def export_for_serving(
     """
     # Every check first, the cheap ones before the trace that finds the
     # output width: nothing is traced or written for a call that fails.
-    _check_backend()
     input_spec = _input_spec(model)
     export_dir = _check_export_dir(export_dir)
     version = _check_version(version, export_dir)
@@ -165,23 +169,12 @@ def export_for_serving(
     temporary = tempfile.mkdtemp(prefix=partial_prefix(), dir=export_dir)
     open_mode(temporary, directory=True)
     try:
-        # A grown head's variables have a free last dimension; the export
-        # records the width they have now.
-        with compat.fixed_shapes(model.weights):
-            archive = keras.export.ExportArchive()
-            # Tracks the layers rather than the model: `track(model)` makes
-            # the export walk everything the model holds, its optimizer
-            # included, to find lookup tables, and serving needs none of the
-            # training state. The variables saved are those the endpoint
-            # uses.
-            for layer in model.layers:
-                archive.track(layer)
-            archive.add_endpoint(
-                SIGNATURE_NAME,
-                _serving_function(model, names, _ends_in_softmax(model)),
-                input_signature=[input_spec],
+        if keras.backend.backend() == "tensorflow":
+            write_saved_model(model, temporary, names)
+        else:
+            export_worker.write_saved_model_in_tensorflow(
+                model, temporary, names, export_dir
             )
-            archive.write_out(temporary, verbose=False)
         if warmup is not None:
             _write_warmup(os.path.join(temporary, WARMUP_FILE), warmup)
         if metadata_text is not None:
@@ -207,14 +200,27 @@ def export_for_serving(
     return target
 
 
-def _check_backend():
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise ValueError(
-            "`export_for_serving` writes a TensorFlow SavedModel and needs the "
-            "TensorFlow backend; expected KERAS_BACKEND='tensorflow'. "
-            f"Received: backend='{backend}'"
+def write_saved_model(model, folder, names):
+    """Writes the serving SavedModel of a TensorFlow-backend `model` (its
+    signature answering with `names`) into the empty `folder`."""
+    input_spec = _input_spec(model)
+    # A grown head's variables have a free last dimension; the export
+    # records the width they have now.
+    with compat.fixed_shapes(model.weights):
+        archive = keras.export.ExportArchive()
+        # Tracks the layers rather than the model: `track(model)` makes
+        # the export walk everything the model holds, its optimizer
+        # included, to find lookup tables, and serving needs none of the
+        # training state. The variables saved are those the endpoint
+        # uses.
+        for layer in model.layers:
+            archive.track(layer)
+        archive.add_endpoint(
+            SIGNATURE_NAME,
+            _serving_function(model, names, _ends_in_softmax(model)),
+            input_signature=[input_spec],
         )
+        archive.write_out(folder, verbose=False)
 
 
 def _input_spec(model):
@@ -244,6 +250,8 @@ def _input_spec(model):
             f"Model '{model.name}' has {len(inputs)} inputs; expected a "
             "classifier with one input."
         )
+    import tensorflow as tf
+
     shape = (None,) + tuple(inputs[0].shape[1:])
     return tf.TensorSpec(shape, dtype=inputs[0].dtype, name=INPUT_NAME)
 
@@ -251,14 +259,27 @@ def _input_spec(model):
 def _output_width(model, input_spec):
     # `model.outputs` and `compute_output_shape` keep the width the model
     # was built with; a head grown since then is seen only by a real call.
-    traced = tf.function(lambda inputs: model(inputs, training=False))
-    outputs = traced.get_concrete_function(input_spec).structured_outputs
-    if not tf.is_tensor(outputs):
+    import tensorflow as tf
+
+    if keras.backend.backend() == "tensorflow":
+        traced = tf.function(lambda inputs: model(inputs, training=False))
+        outputs = traced.get_concrete_function(input_spec).structured_outputs
+        shape = outputs.shape if tf.is_tensor(outputs) else None
+    else:
+        # No tracing across backends: one sample through the model.
+        sample = np.zeros(
+            [1 if d is None else d for d in input_spec.shape],
+            input_spec.dtype.as_numpy_dtype,
+        )
+        outputs = model(sample, training=False)
+        shape = outputs.shape if keras.ops.is_tensor(outputs) else None
+        shape = None if shape is None else tf.TensorShape([None, *shape[1:]])
+    if shape is None:
         raise ValueError(
             f"Model '{model.name}' returns a {type(outputs).__name__}; "
             "expected a classifier with one output tensor."
         )
-    width = outputs.shape[-1] if outputs.shape.rank else None
+    width = shape[-1] if shape.rank else None
     if width is None:
         raise ValueError(
             f"Model '{model.name}' gives outputs of shape {outputs.shape}; "
@@ -457,6 +478,8 @@ def _made_by_softmax(operation, index):
 
 
 def _serving_function(model, names, ends_in_softmax):
+    import tensorflow as tf
+
     def serve(inputs):
         outputs = tf.cast(model(inputs, training=False), tf.float32)
         if ends_in_softmax:
@@ -487,6 +510,8 @@ def _warmup_records(warmup_inputs, input_spec, model_name):
             "`pip install tensorflow-serving-api`, or export without "
             "`warmup_inputs`."
         ) from error
+
+    import tensorflow as tf
 
     dtype = input_spec.dtype.as_numpy_dtype
     try:
@@ -664,6 +689,8 @@ def _read_metadata(path):
 
 
 def _write_warmup(path, records):
+    import tensorflow as tf
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for record in records:

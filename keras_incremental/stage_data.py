@@ -11,13 +11,20 @@ one of them reads labels through `normalize_labels`.
 import dataclasses
 import math
 import numbers
+import sys
 
 import numpy as np
-import tensorflow as tf
 
 from keras_incremental.labels import labels_from_onehot
 from keras_incremental.labels import preview
 from keras_incremental.targets import encode_targets
+
+
+def is_dataset(value):
+    """Whether `value` is a `tf.data.Dataset`, without importing TensorFlow
+    (on JAX and PyTorch it is imported only when a dataset is used)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(value, tf.data.Dataset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +256,8 @@ def prepare_dataset(dataset, encoder, memory, replay, spec, seed):
     Returns:
         `(dataset, PreparedStage)`.
     """
+    import tensorflow as tf
+
     batches = [
         normalize_labels(y).astype(object).reshape(-1)
         for y in dataset.map(lambda x, y: y).as_numpy_iterator()
@@ -460,6 +469,8 @@ def _append_replay(batches, replay, count):
     experience replay). Working batch by batch keeps the pipeline's cost to
     a few operations a step.
     """
+    import tensorflow as tf
+
     size = len(replay)
     per_batch = -(-size // count)
     extra = replay.repeat().batch(per_batch)

@@ -60,6 +60,34 @@ def install_loss(model, strategy, context):
     model.compute_metrics = compute_metrics
 
 
+def unpack_targets(model):
+    """Has `model`'s compiled loss and metrics read the labels of targets
+    packed as `(labels, logits, mask)`, until `install_loss` (which also
+    does) or `remove_loss`.
+
+    `fit` on JAX and PyTorch builds the compiled loss and metrics on the
+    first batch before any callback runs, so before the stage's loss is
+    installed.
+    """
+    base_loss = type(model).compute_loss
+    base_metrics = type(model).compute_metrics
+
+    def compute_loss(
+        x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        labels = y[0] if isinstance(y, tuple) else y
+        return base_loss(
+            model, x, labels, y_pred, sample_weight, training=training
+        )
+
+    def compute_metrics(x, y, y_pred, sample_weight=None):
+        labels = y[0] if isinstance(y, tuple) else y
+        return base_metrics(model, x, labels, y_pred, sample_weight)
+
+    model.compute_loss = compute_loss
+    model.compute_metrics = compute_metrics
+
+
 def remove_loss(model):
     for name in ("compute_loss", "compute_metrics"):
         if name in vars(model):

@@ -2,8 +2,26 @@
 
 import keras
 import numpy as np
+import pytest
 
 import keras_incremental as ki
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+# Tests of what only TensorFlow has: in-place growth of variables (other
+# backends replace them), `tf.function` introspection, `tf.distribute`.
+tensorflow_only = pytest.mark.skipif(
+    not TENSORFLOW, reason="TensorFlow only: in-place growth, tf.function"
+)
+
+
+def assert_same_logits(actual, expected):
+    """Logits of the old units after a growth: equal to the bit on
+    TensorFlow; on JAX and PyTorch the wider matrix product may round the
+    last bits differently (the weights themselves are equal to the bit)."""
+    if TENSORFLOW:
+        np.testing.assert_array_equal(actual, expected)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 def data(n=64, features=8, classes=3, seed=0):

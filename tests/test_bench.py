@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import pytest
 
 from keras_incremental import cli
@@ -12,6 +13,9 @@ from keras_incremental.bench import adoption
 from keras_incremental.bench import command
 from keras_incremental.bench import data
 from keras_incremental.bench import protocol
+from keras_incremental.bench import threads
+
+CPUS = len(threads.available_cpus())
 
 # A short schedule for the adopt scenario's tests (the CLI's is 15/5/15).
 SHORT_ADOPT = {
@@ -22,6 +26,7 @@ SHORT_ADOPT = {
 }
 
 
+@pytest.mark.end_to_end
 def test_bench_json_has_the_contract_keys(tmp_path, capsys):
     path = tmp_path / "out" / "bench.json"
     status = command.main(
@@ -57,6 +62,10 @@ def test_bench_json_has_the_contract_keys(tmp_path, capsys):
     assert set(report["methods"]) == {"replay", "rebuild"}
     assert report["arguments"]["order"] == list(range(9, -1, -1))
     assert report["arguments"]["seeds"] == [0]
+    # Run in this process: its backend, the backend's own thread pools.
+    assert report["arguments"]["backend"] == keras.backend.backend()
+    assert report["arguments"]["threads"] is None
+    assert report["arguments"]["cpus"] == CPUS
     matrix = report["accuracy_matrix"]
     assert len(matrix) == 5 and [len(r) for r in matrix] == [5] * 5
     assert matrix[0][1] is None  # above the diagonal
@@ -85,6 +94,11 @@ def test_bench_json_has_the_contract_keys(tmp_path, capsys):
         ),
         (["--scenario", "adopt", "--strategy", "sgd"], "unknown method"),
         (["--scenario", "adopt", "--memory-size", "-5"], "must be >= 0"),
+        (["--backend", "theano"], "argument --backend: invalid choice"),
+        (["--threads", "0"], "--threads must be a positive integer"),
+        (["--threads", "-2"], "--threads must be a positive integer"),
+        (["--threads", "two"], "argument --threads: invalid int value"),
+        (["--threads", str(CPUS + 1)], f"--threads must be at most {CPUS}"),
     ],
 )
 def test_bench_bad_arguments(argv, message, capsys):
@@ -165,6 +179,7 @@ def test_adopt_bad_arguments_through_the_console_script(capsys):
     assert "--epochs applies to --scenario protocol only" in error
 
 
+@pytest.mark.end_to_end
 def test_adopt_scenario_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(command, "ADOPT_SCHEDULE", SHORT_ADOPT)
     # The source's temporary folder goes under a folder of the test's own.
@@ -188,7 +203,14 @@ def test_adopt_scenario_end_to_end(tmp_path, capsys, monkeypatch):
     assert status == 0
     # One source for all methods of the seed, removed afterwards.
     assert len(saved) == 1 and str(scratch) in saved[0]
-    assert not os.path.exists(saved[0]) and not list(scratch.iterdir())
+    # TensorFlow's AutoGraph writes the code it converts to the temporary
+    # folder too (removed at exit): not the benchmark's.
+    left = [
+        path
+        for path in scratch.iterdir()
+        if not path.name.startswith("__autograph_generated_file")
+    ]
+    assert not os.path.exists(saved[0]) and not left, left
     report = json.loads(path.read_text())
     assert report["scenario"] == "adopt"
     assert list(report["methods"]) == ["default", "rebuild", "joint"]
@@ -224,12 +246,15 @@ def test_adopt_scenario_end_to_end(tmp_path, capsys, monkeypatch):
     assert arguments["memory_size"] == 200
     assert arguments["epochs"] == 2 and arguments["source_epochs"] == 3
     assert "order" not in arguments
+    assert arguments["backend"] == keras.backend.backend()
+    assert arguments["threads"] is None
     printed = capsys.readouterr().out
     for name in ("default", "rebuild", "joint"):
         assert f"| {name} |" in printed
     assert "old acc. (0-7)" in printed and "targets" in printed
 
 
+@pytest.mark.end_to_end
 def test_adopt_scenario_is_deterministic_per_seed(tmp_path):
     dataset = data.load("digits")
     source = str(tmp_path / "source.keras")
@@ -264,3 +289,170 @@ def test_adopt_targets():
     assert gaps["default"]["met"]
     assert not gaps["replay"]["met"]  # all-class -2 points vs rebuild
     assert adoption.targets({"default": methods["default"]}) == {}
+
+
+def _other_backend():
+    # PyTorch when it is not this process's backend, TensorFlow otherwise:
+    # the cheapest backends to start for a short run.
+    return "torch" if keras.backend.backend() != "torch" else "tensorflow"
+
+
+def test_child_environment_pins_every_backend():
+    before = {
+        "PATH": "/usr/bin",
+        "KERAS_BACKEND": "tensorflow",
+        "OMP_NUM_THREADS": "8",
+        "XLA_FLAGS": (
+            "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=true "
+            "intra_op_parallelism_threads=8"
+        ),
+    }
+    copy = dict(before)
+    env = threads.child_environment("jax", 1, environ=before)
+    assert before == copy  # not changed
+    assert env["PATH"] == "/usr/bin"
+    assert env["KERAS_BACKEND"] == "jax"
+    for name in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "TF_NUM_INTRAOP_THREADS",
+    ):
+        assert env[name] == "1", name
+    assert env["TF_NUM_INTEROP_THREADS"] == "1"
+    # Other XLA flags kept, the thread flags replaced.
+    assert env["XLA_FLAGS"].split() == [
+        "--xla_dump_to=/tmp/x",
+        "--xla_cpu_multi_thread_eigen=false",
+        "intra_op_parallelism_threads=1",
+    ]
+    assert env[threads.CHILD_VARIABLE] == "1"
+    assert not threads.needs_child("jax", 1, "jax", env)
+    assert threads.needs_child("jax", 1, "jax", before)
+    assert threads.needs_child("torch", None, "jax", env)
+
+    env = threads.child_environment(
+        "torch", CPUS, environ={"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    )
+    assert env["KERAS_BACKEND"] == "torch"
+    assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == str(CPUS)
+    assert env["TF_NUM_INTEROP_THREADS"] == "1"
+    assert env["XLA_FLAGS"] == (
+        "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false "
+        f"intra_op_parallelism_threads={CPUS}"
+    )
+
+    # Without threads, only the backend: the thread settings are kept.
+    env = threads.child_environment("torch", environ=before)
+    assert env["KERAS_BACKEND"] == "torch"
+    assert env["OMP_NUM_THREADS"] == "8"
+    assert env["XLA_FLAGS"] == before["XLA_FLAGS"]
+    assert "TF_NUM_INTEROP_THREADS" not in env
+    assert env[threads.CHILD_VARIABLE] == threads.DEFAULT_THREADS
+    assert threads.is_child(env) and not threads.is_child({})
+    assert not threads.needs_child("torch", None, "torch", env)
+    assert not threads.needs_child("torch", None, "torch", {})
+
+
+@pytest.mark.parametrize(
+    "backend, threads_, message",
+    [
+        ("theano", None, "expected one of tensorflow, jax, torch"),
+        ("jax", 0, "expected a positive integer. Received: threads=0"),
+        ("jax", 1.5, "expected a positive integer. Received: threads=1.5"),
+        ("jax", CPUS + 1, f"expected at most {CPUS}"),
+    ],
+)
+def test_child_environment_bad_arguments(backend, threads_, message):
+    with pytest.raises(ValueError, match="Received an invalid value") as e:
+        threads.child_environment(backend, threads_, environ={})
+    assert message in str(e.value)
+
+
+def test_bench_starts_a_child_for_backend_and_threads(monkeypatch):
+    monkeypatch.delenv(threads.CHILD_VARIABLE, raising=False)
+    started = []
+
+    def fake_run(command_line, env):
+        started.append((command_line, env))
+        return subprocess.CompletedProcess(command_line, 3)
+
+    monkeypatch.setattr(command.subprocess, "run", fake_run)
+    other = _other_backend()
+    argv = ["--backend", other, "--threads", "1", "--seeds", "0"]
+    assert command.main(argv) == 3  # the child's exit code
+    [(command_line, env)] = started
+    assert command_line == [
+        sys.executable,
+        "-m",
+        "keras_incremental.bench",
+        *argv,
+    ]
+    assert env["KERAS_BACKEND"] == other
+    assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert env[threads.CHILD_VARIABLE] == "1"
+    # Threads on this process's backend: a child too, its pools are sized
+    # at the start.
+    current = keras.backend.backend()
+    assert command.main(["--backend", current, "--threads", "1"]) == 3
+    assert started[-1][1]["KERAS_BACKEND"] == current
+    # Another backend, default threads: the thread settings are inherited.
+    assert command.main(["--backend", other]) == 3
+    assert started[-1][1][threads.CHILD_VARIABLE] == threads.DEFAULT_THREADS
+    assert len(started) == 3
+
+
+def test_bench_child_does_not_start_another(monkeypatch, capsys):
+    monkeypatch.setenv(threads.CHILD_VARIABLE, threads.DEFAULT_THREADS)
+    monkeypatch.setattr(command.subprocess, "run", None)  # never called
+    with pytest.raises(SystemExit) as raised:
+        command.main(["--backend", _other_backend()])
+    assert raised.value.code == 2
+    assert "does not start another" in capsys.readouterr().err
+
+
+def test_bench_help_shows_backend_and_threads(capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["bench", "-h"])
+    assert raised.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "usage: keras-incremental bench" in text
+    assert "--backend {tensorflow,jax,torch}" in text
+    assert "Keras backend to run on" in text
+    assert "--threads N" in text
+    assert "Pin every backend to N compute threads" in text
+
+
+@pytest.mark.end_to_end
+def test_bench_on_another_backend_end_to_end(tmp_path, capfd):
+    other = _other_backend()
+    path = tmp_path / "other.json"
+    status = command.main(
+        [
+            "--backend",
+            other,
+            "--threads",
+            "1",
+            "--strategy",
+            "rebuild",
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+            "--memory-size",
+            "20",
+            "--json",
+            str(path),
+        ]
+    )
+    printed = capfd.readouterr().out
+    assert status == 0, printed
+    report = json.loads(path.read_text())
+    arguments = report["arguments"]
+    assert arguments["backend"] == other
+    assert arguments["threads"] == 1
+    assert arguments["cpus"] == 1  # the child's affinity: one CPU
+    assert arguments["strategy"] == ["rebuild"]
+    assert 0.0 < report["final_accuracy"] <= 1.0
+    assert f"backend {other}, 1 thread(s)" in printed
+    assert "| rebuild |" in printed

@@ -29,6 +29,7 @@ def demo_run(tmp_path_factory):
     return result, output
 
 
+@pytest.mark.end_to_end
 def test_demo_prints_stages_table_and_metrics(demo_run):
     result, output = demo_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -42,6 +43,7 @@ def test_demo_prints_stages_table_and_metrics(demo_run):
     assert str(output.resolve()) in out
 
 
+@pytest.mark.end_to_end
 def test_demo_writes_checkpoint_report_and_serving_versions(demo_run):
     result, output = demo_run
     assert result.returncode == 0, result.stderr[-3000:]

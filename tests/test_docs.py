@@ -42,6 +42,7 @@ def _percent(output, prefix):
     return float(_line(output, prefix).rstrip("%")) / 100
 
 
+@pytest.mark.backend_independent
 def test_mkdocs_build_strict(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings_handlers.python")
@@ -76,6 +77,7 @@ def test_mkdocs_build_strict(tmp_path):
         assert f'id="{name}"' in api, name
 
 
+@pytest.mark.end_to_end
 def test_tutorial_runs(tmp_path):
     pytest.importorskip("sklearn")
     blocks = _python_blocks(ROOT / "docs" / "tutorial.md")
@@ -124,6 +126,7 @@ def test_tutorial_runs(tmp_path):
     assert len(served) == 5 and set(served) <= NAMES
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "page",
     sorted(

@@ -1,9 +1,12 @@
 import importlib.util
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.end_to_end
 def test_staged_digits_example_runs_and_learns(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location(
         "staged_digits", ROOT / "examples" / "staged_digits.py"

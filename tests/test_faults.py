@@ -37,7 +37,13 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import keras_incremental as ki
+
+# What these tests check (files on disk after a kill) does not depend on the
+# backend, and their child forks after importing it, which JAX and PyTorch
+# do not support: they run once, on TensorFlow.
 from keras_incremental.checkpoint import STATE_ENTRY
+
+pytestmark = pytest.mark.backend_independent
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -8,6 +8,8 @@ import pytest
 
 from keras_incremental import files
 
+pytestmark = pytest.mark.backend_independent
+
 # Leftovers are told by process ids, which Windows cannot be asked about.
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX processes")
 

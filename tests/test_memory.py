@@ -9,6 +9,8 @@ import pytest
 from keras_incremental.memory import ExemplarMemory
 from keras_incremental.memory.selection import herding_order
 
+pytestmark = pytest.mark.backend_independent
+
 
 def _stage(classes, per_class=30, features=4, seed=0):
     rng = np.random.default_rng(seed)

@@ -7,6 +7,8 @@ import pytest
 
 from keras_incremental import metrics
 
+pytestmark = pytest.mark.backend_independent
+
 # Three stages; the best accuracy on each earlier stage is on the diagonal.
 ROWS = [[1.0], [0.8, 0.9], [0.6, 0.7, 0.95]]
 

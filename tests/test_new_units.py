@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import tensorflow_only
 
 import keras_incremental as ki
 from keras_incremental.layers.new_units import new_units_value
@@ -131,6 +132,7 @@ def test_other_initializers_draw_the_grown_value(initializer):
     np.testing.assert_array_equal(drawn, full[:, 4:])
 
 
+@tensorflow_only
 def test_negative_seeds_as_keras_takes_them():
     initializer = keras.initializers.GlorotUniform(seed=-1)
     first = new_units_value(initializer, (8, 5), 3, "float32")

@@ -14,6 +14,8 @@ import pytest
 from keras_incremental import safe_read
 from keras_incremental.memory import ExemplarMemory
 
+pytestmark = pytest.mark.backend_independent
+
 SOURCE = "run/stages.keras/memory.h5"
 
 

@@ -161,6 +161,7 @@ def test_fresh_process_matches_predict(exported):
     assert list(answer["classes"]) == [NAMES[i] for i in ids]
 
 
+@pytest.mark.backend_independent
 def test_saved_model_cli_shows_the_predict_signature(exported):
     cli = exported.cli
     assert "signature_def['serving_default']" in cli
@@ -179,6 +180,7 @@ def test_saved_model_cli_shows_the_predict_signature(exported):
     assert re.search(r"dtype: DT_FLOAT\s+shape: \(-1, 4\)", cli)
 
 
+@pytest.mark.backend_independent
 def test_softmax_head_is_not_softmaxed_twice(tmp_path):
     keras.utils.set_random_seed(0)
     model = tiny_model(activation="softmax")
@@ -191,6 +193,7 @@ def test_softmax_head_is_not_softmaxed_twice(tmp_path):
     assert not np.allclose(answer["probabilities"], softmax(expected))
 
 
+@pytest.mark.backend_independent
 def test_versions_count_up_and_follow_growth(tmp_path):
     keras.utils.set_random_seed(0)
     model = tiny_model()
@@ -257,6 +260,7 @@ def test_class_names_from_classes_attribute(tmp_path):
     assert list(answer["classes"]) == expected
 
 
+@pytest.mark.backend_independent
 def test_default_names_are_the_indices(tmp_path):
     keras.utils.set_random_seed(0)
     model = tiny_model()
@@ -267,6 +271,7 @@ def test_default_names_are_the_indices(tmp_path):
     ]
 
 
+@pytest.mark.backend_independent
 def test_warmup_requests_are_written_and_parse(tmp_path):
     prediction_log_pb2 = pytest.importorskip(
         "tensorflow_serving.apis.prediction_log_pb2"
@@ -300,6 +305,7 @@ def test_warmup_requests_are_written_and_parse(tmp_path):
         assert answer["probabilities"].shape == (1, 3)
 
 
+@pytest.mark.backend_independent
 def test_warmup_without_serving_api_raises_import_error(tmp_path, monkeypatch):
     # Blocks the import even where another test imported it already.
     for name in list(sys.modules):
@@ -312,6 +318,7 @@ def test_warmup_without_serving_api_raises_import_error(tmp_path, monkeypatch):
     assert tree(tmp_path) == []
 
 
+@pytest.mark.backend_independent
 def test_tfsm_layer_wraps_the_export(tmp_path):
     keras.utils.set_random_seed(0)
     model = tiny_model()
@@ -399,6 +406,7 @@ def bad_calls(tmp_path):
     ]
 
 
+@pytest.mark.backend_independent
 def test_bad_input_raises_and_writes_nothing(tmp_path):
     base = tmp_path / "models"
     export_for_serving(tiny_model(), base, NAMES)
@@ -417,6 +425,7 @@ def test_bad_input_raises_and_writes_nothing(tmp_path):
     assert (base / "1" / "marker").read_text() == "first export"
 
 
+@pytest.mark.backend_independent
 def test_failed_write_removes_the_partial_folder(tmp_path, monkeypatch):
     model = tiny_model()
     export_for_serving(model, tmp_path, NAMES)
@@ -468,6 +477,7 @@ def nested_softmax_model(kind):
     return keras.Model(inputs_, inner(hidden))
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "kind", ["dense", "head", "layer", "dropout", "two_deep"]
 )
@@ -482,6 +492,7 @@ def test_softmax_inside_a_nested_model_is_not_applied_twice(tmp_path, kind):
     np.testing.assert_array_equal(answer["class_ids"], expected.argmax(-1))
 
 
+@pytest.mark.backend_independent
 def test_logits_inside_a_nested_model_are_softmaxed(tmp_path):
     keras.utils.set_random_seed(0)
     inner = keras.Sequential([keras.layers.Dense(3)], name="inner")
@@ -493,6 +504,7 @@ def test_logits_inside_a_nested_model_are_softmaxed(tmp_path):
     np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
 
 
+@pytest.mark.backend_independent
 def test_next_version_follows_numeric_entries_of_any_kind(tmp_path):
     keras.utils.set_random_seed(0)
     model = tiny_model()
@@ -521,6 +533,7 @@ class CountingLayer(keras.layers.Layer):
         return inputs
 
 
+@pytest.mark.backend_independent
 def test_every_check_runs_before_tracing_or_writing(tmp_path, monkeypatch):
     inputs_ = keras.Input((4,))
     outputs = ki.ExpandableDense(3, name="head")(CountingLayer()(inputs_))
@@ -559,6 +572,7 @@ def test_every_check_runs_before_tracing_or_writing(tmp_path, monkeypatch):
         assert tree(tmp_path) == before, kwargs
 
 
+@pytest.mark.backend_independent
 def test_metadata_is_written_with_the_version(tmp_path):
     keras.utils.set_random_seed(0)
     model = tiny_model()
@@ -582,6 +596,7 @@ def current_umask():
     return mask
 
 
+@pytest.mark.backend_independent
 @pytest.mark.skipif(os.name == "nt", reason="FIFOs and /dev/zero")
 def test_exported_versions_reads_untrusted_metadata(tmp_path):
     keras.utils.set_random_seed(0)
@@ -623,6 +638,7 @@ def test_exported_versions_reads_untrusted_metadata(tmp_path):
     }
 
 
+@pytest.mark.backend_independent
 def test_exported_versions_of_a_missing_or_bad_folder(tmp_path):
     assert exported_versions(tmp_path / "missing") == {}
     (tmp_path / "file.txt").write_text("a file")
@@ -638,6 +654,7 @@ def dead_pid():
     return child.pid
 
 
+@pytest.mark.backend_independent
 @pytest.mark.skipif(os.name == "nt", reason="no leftovers removed there")
 def test_export_removes_dead_exports_leftovers_only(tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)

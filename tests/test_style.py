@@ -2,7 +2,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import keras_incremental as ki
+
+pytestmark = pytest.mark.backend_independent
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

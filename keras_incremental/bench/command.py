@@ -2,9 +2,12 @@
 
 import argparse
 import functools
+import os
 import resource
+import subprocess
 import sys
 
+import keras
 import numpy as np
 
 from keras_incremental import metrics
@@ -12,6 +15,7 @@ from keras_incremental import strategies
 from keras_incremental.bench import adoption
 from keras_incremental.bench import data
 from keras_incremental.bench import protocol
+from keras_incremental.bench import threads
 
 METHODS = tuple(sorted(strategies.NAMED)) + protocol.REFERENCES
 SCENARIOS = ("protocol", "adopt")
@@ -58,12 +62,17 @@ on all classes. Metrics on the test split: accuracy on the old classes (0..7),
 on the new ones (8, 9) and on all classes, and seconds. Targets for the
 package's strategy: all-class accuracy at least 2 points above rebuild and
 within 3 points of joint; new-class accuracy at most 2 points below rebuild.
+
+--backend and --threads run the benchmark in a child process (Keras picks its
+backend once per process, and the backends size their thread pools when they
+start); the JSON records the backend and threads used.
 """
 
 EPILOG = """\
 examples:
   %(prog)s --dataset mnist5k --strategy default rebuild joint
   %(prog)s --scenario adopt --dataset digits --seeds 0 1 2 --json adopt.json
+  %(prog)s --backend jax --threads 1 --json jax-1-thread.json
 """
 
 
@@ -130,6 +139,28 @@ def parser(prog="python -m keras_incremental.bench"):
         type=int,
         help="Protocol scenario only: epochs per stage (default 5).",
     )
+    result.add_argument(
+        "--backend",
+        choices=threads.BACKENDS,
+        help=(
+            "Keras backend to run on, in a child process when it is not "
+            "this process's (default: KERAS_BACKEND, else Keras's own "
+            "default)."
+        ),
+    )
+    result.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=(
+            "Pin every backend to N compute threads (at most the CPUs "
+            "available), in a child process: OMP_NUM_THREADS, "
+            "MKL_NUM_THREADS, OPENBLAS_NUM_THREADS, TF_NUM_INTRAOP_THREADS "
+            "N, TF_NUM_INTEROP_THREADS 1, XLA_FLAGS for JAX, "
+            "torch.set_num_threads(N) with 1 inter-op thread, and the CPU "
+            "affinity to N CPUs (default: the backend's own thread pools)."
+        ),
+    )
     result.add_argument("--json", metavar="PATH", help="Write results here.")
     return result
 
@@ -172,6 +203,18 @@ def check_arguments(arguments, error):
         error(f"--memory-size must be >= 0; received {arguments.memory_size}")
     if arguments.epochs < 1:
         error(f"--epochs must be >= 1; received {arguments.epochs}")
+    if arguments.threads is not None:
+        cpus = len(threads.available_cpus())
+        if arguments.threads < 1:
+            error(
+                "--threads must be a positive integer; received "
+                f"{arguments.threads}"
+            )
+        if arguments.threads > cpus:
+            error(
+                f"--threads must be at most {cpus}, the CPUs this process "
+                f"may run on; received {arguments.threads}"
+            )
     return arguments
 
 
@@ -216,6 +259,7 @@ def run(arguments, out=sys.stdout):
             "order": arguments.order,
             "memory_size": arguments.memory_size,
             "epochs": arguments.epochs,
+            **runtime(arguments),
         },
     }
     if "rebuild" in methods and main_method != "rebuild":
@@ -260,8 +304,30 @@ def run_adopt(arguments, out=sys.stdout):
             "old_classes": list(adoption.OLD_CLASSES),
             "new_classes": list(adoption.NEW_CLASSES),
             **ADOPT_SCHEDULE,
+            **runtime(arguments),
         },
     }
+
+
+def runtime(arguments):
+    """What the benchmark runs on, for the JSON's arguments: `backend`
+    (this process's), `threads` (the pinned count, or `None` when the
+    backend's own thread pools were left alone) and `cpus` (the number of
+    CPUs this process may run on)."""
+    return {
+        "backend": keras.backend.backend(),
+        "threads": arguments.threads,
+        "cpus": len(threads.available_cpus()),
+    }
+
+
+def _runtime_text(arguments):
+    if arguments.threads is None:
+        count = len(threads.available_cpus())
+        used = f"the backend's default threads on {count} CPU(s)"
+    else:
+        used = f"{arguments.threads} thread(s)"
+    return f"backend {keras.backend.backend()}, {used}"
 
 
 def _print_source(out, seed, source):
@@ -377,24 +443,54 @@ def _peak_rss_mb():
 
 
 def main(argv=None, prog="python -m keras_incremental.bench"):
-    """Entry point of `python -m keras_incremental.bench`."""
+    """Entry point of `python -m keras_incremental.bench`.
+
+    With `--backend` other than this process's, or with `--threads`, runs
+    the benchmark in a child process (see `threads.child_environment`) and
+    returns its exit code.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     argument_parser = parser(prog)
     arguments = check_arguments(
         argument_parser.parse_args(argv), argument_parser.error
     )
+    current = keras.backend.backend()
+    backend = arguments.backend or current
+    if threads.needs_child(backend, arguments.threads, current):
+        if threads.is_child():
+            # The parent set both; a second child would not do better.
+            requested = arguments.threads or threads.DEFAULT_THREADS
+            argument_parser.error(
+                "a benchmark child process does not start another; it was "
+                f"asked for backend {backend} and {requested} threads, but "
+                f"runs Keras on {current} with {threads.CHILD_VARIABLE}="
+                f"{os.environ[threads.CHILD_VARIABLE]}. Expected the "
+                f"parent's KERAS_BACKEND={backend} to select the backend; "
+                f"is {threads.CHILD_VARIABLE} set in your environment?"
+            )
+        sys.stdout.flush()
+        child = subprocess.run(
+            threads.child_command(argv),
+            env=threads.child_environment(backend, arguments.threads),
+        )
+        return child.returncode
+    if arguments.threads is not None:
+        threads.pin(arguments.threads, backend)
     if arguments.scenario == "adopt":
         print(
             f"keras_incremental bench, adopt scenario: {arguments.dataset}, "
             f"{len(arguments.seeds)} seed(s), classes 0..7 for "
             f"{ADOPT_SCHEDULE['source_epochs']} epochs, then 8 and 9 for "
-            f"{ADOPT_SCHEDULE['epochs']}, memory {arguments.memory_size}",
+            f"{ADOPT_SCHEDULE['epochs']}, memory {arguments.memory_size}, "
+            f"{_runtime_text(arguments)}",
             flush=True,
         )
     else:
         print(
             f"keras_incremental bench: {arguments.dataset}, "
             f"{len(arguments.seeds)} seed(s), {arguments.epochs} epochs per "
-            f"stage, memory {arguments.memory_size}",
+            f"stage, memory {arguments.memory_size}, "
+            f"{_runtime_text(arguments)}",
             flush=True,
         )
     report = run(arguments)

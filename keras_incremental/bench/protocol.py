@@ -9,7 +9,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_incremental import metrics
 from keras_incremental.callbacks import IncrementalModel
@@ -34,6 +33,9 @@ def build_model(input_dim, units, layer=ExpandableDense, hidden=256):
 
 def compile_model(model, steps_per_execution=1):
     """Adam 1e-3 and sparse cross-entropy on logits, as the protocol says."""
+    if keras.backend.backend() == "torch":
+        # Keras runs one step per call on PyTorch.
+        steps_per_execution = 1
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -135,6 +137,8 @@ def _incremental(
     strategy allows, with `steps_per_execution`: the fast path the docs
     recommend. Strategies that need arrays (logit replay, EWC) get arrays.
     """
+    import tensorflow as tf
+
     joint = method == "joint"
     model = compile_model(build_model(x_train.shape[1], 0), steps_per_execution)
     inc = IncrementalModel(
@@ -170,6 +174,7 @@ def _incremental(
             stage_data, _ = inc.prepare(dataset)
             model.fit(
                 stage_data.prefetch(2),
+                shuffle=False,  # shuffled in the pipeline
                 epochs=epochs,
                 verbose=0,
                 callbacks=[inc],

@@ -8,7 +8,6 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_incremental import checkpoint as checkpoints
 from keras_incremental import compat
@@ -247,7 +246,7 @@ class IncrementalModel(keras.callbacks.Callback):
         encoder = self._encoder_before_prepare()
         spec = functools.partial(self._target_spec, encoder)
         replay = self.strategy.replay
-        if isinstance(x, tf.data.Dataset):
+        if stage_data.is_dataset(x):
             if self.strategy.needs_arrays:
                 raise ValueError(
                     f"The strategy {self.strategy.name!r} needs the stage as "
@@ -277,8 +276,16 @@ class IncrementalModel(keras.callbacks.Callback):
                 seed=self.seed + self.stage_,
             )
             self.encoder, self._prepared = encoder, stage
+            self._announce_width(model, encoder)
             return prepared, None
         x, labels = stage_data.check_arrays(x, y)
+        # Targets packed with stored logits need the stage's loss to unpack
+        # them, and `fit` may build its loss on them first (JAX, PyTorch):
+        # packed only when the model is known, so that it reads them, or
+        # when there are logits to replay.
+        packed = self.strategy.needs_logits and (
+            model is not None or self.memory.logits_ is not None
+        )
         if replay:
             stage_data.check_samples(x.shape[1:], x.dtype, self.memory)
         fit_data, stage = stage_data.prepare_arrays(
@@ -287,12 +294,22 @@ class IncrementalModel(keras.callbacks.Callback):
             encoder,
             self.memory,
             replay,
-            self.strategy.needs_logits,
+            packed,
             spec,
             np.random.default_rng([self.seed, self.stage_]),
         )
         self.encoder, self._prepared = encoder, stage
+        self._announce_width(model, encoder)
+        if packed and model is not None:
+            stage_loss.unpack_targets(model)
         return fit_data
+
+    def _announce_width(self, model, encoder):
+        """Tells the head the width it will have once the prepared stage
+        starts: `fit` may build the loss and metrics on it before the
+        callback grows the head (see `ExpandableDense._placeholder`)."""
+        if model is not None:
+            find_head(model, self.head)._next_units = len(encoder)
 
     def _encoder_before_prepare(self):
         """A copy of the encoder to learn the stage's classes in: the run's
@@ -626,9 +643,19 @@ class IncrementalModel(keras.callbacks.Callback):
                     for o in leaf_optimizers(optimizer)
                 )
             ]
-            if unknown:
-                # Unfrozen variables the optimizer never saw: rebuild it on
-                # the current ones, with the state of the known ones kept.
+            # JAX and PyTorch apply an optimizer to exactly the variables it
+            # was built on: a smaller trainable set needs a rebuild too
+            # (the frozen variables' slots then start afresh when they are
+            # unfrozen). TensorFlow applies it to any subset.
+            shrunk = keras.backend.backend() != "tensorflow" and len(
+                model.trainable_variables
+            ) != sum(
+                compat.optimizer_variable_count(o)
+                for o in leaf_optimizers(optimizer)
+            )
+            if unknown or shrunk:
+                # Rebuild it on the current trainable variables, with the
+                # state of the known ones kept.
                 clone = type(optimizer).from_config(optimizer.get_config())
                 rebuild_optimizer(model, clone)
 
@@ -1009,7 +1036,7 @@ class IncrementalModel(keras.callbacks.Callback):
         if prepared is None or not self.memory_size:
             return self.memory
         samples = prepared.samples
-        if isinstance(samples, tf.data.Dataset):
+        if stage_data.is_dataset(samples):
             samples = stage_data.dataset_arrays(samples, self.encoder)
         embed, predict = self._memory_functions()
         # `update` replaces the memory's arrays rather than writing into

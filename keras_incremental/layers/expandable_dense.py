@@ -81,6 +81,9 @@ class ExpandableDense(keras.layers.Dense):
         # it keeps from stage to stage. Stated by default: some metrics
         # (`F1Score`) size themselves from it inside the first traced step.
         self._free_width = False
+        # The width the head will have once the stage being prepared starts
+        # (`IncrementalModel.prepare` announces it); see `_placeholder`.
+        self._next_units = 0
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -92,6 +95,10 @@ class ExpandableDense(keras.layers.Dense):
                     compat.make_growable(variable)
 
     def call(self, inputs, training=None):
+        if compat.in_shape_inference():
+            width = max(self.units, self._next_units)
+            if width != self.units or width == 0:
+                return self._placeholder(inputs, width)
         if (
             self.units == 0
             and self._free_width
@@ -114,6 +121,25 @@ class ExpandableDense(keras.layers.Dense):
             return ops.cast(empty, self.compute_dtype)
         outputs = super().call(inputs, training=training)
         return compat.state_width(outputs, self.units, self._free_width)
+
+    def _placeholder(self, inputs, width):
+        """Shape inference's stand-in for the outputs of a head about to
+        grow to `width` units.
+
+        `fit` on JAX and PyTorch (and on TensorFlow under a distribution
+        strategy) builds the compiled loss and metrics on the model's
+        symbolic outputs before any callback can grow the head: they must
+        see the width the stage's targets have (one-hot ones are checked
+        against it), and `argmax` over an empty axis cannot be traced.
+        Nothing computed here is ever run, and the model's declared output
+        shape (`compute_output_shape`) keeps `units`. At least two units:
+        Keras reads a single one as a binary classifier when it picks the
+        kind of `"accuracy"` and cross-entropy.
+        """
+        column = ops.zeros_like(inputs[..., :1])
+        return ops.cast(
+            ops.repeat(column, max(width, 2), axis=-1), self.compute_dtype
+        )
 
     def quantize(self, mode=None, type_check=True, config=None):
         # `Dense.quantize` refuses subclasses because their `call` may differ;

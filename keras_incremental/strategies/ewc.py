@@ -1,7 +1,7 @@
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_incremental.gradients import gradient_function
 from keras_incremental.strategies.features import logits_of
 from keras_incremental.strategies.strategy import Strategy
 
@@ -192,25 +192,18 @@ def _fisher_diagonal(context, variables, x, labels):
     """Mean squared per-sample gradient of the log-likelihood."""
     model, head = context.model, context.head
 
-    @tf.function(reduce_retracing=True)
-    def squared_gradients(sample, label):
-        with tf.GradientTape() as tape:
-            logits = logits_of(head, model(sample, training=False))
-            log_likelihood = -keras.losses.sparse_categorical_crossentropy(
+    def negative_log_likelihood(sample, label):
+        logits = logits_of(head, model(sample, training=False))
+        return keras.ops.sum(
+            keras.losses.sparse_categorical_crossentropy(
                 label, logits, from_logits=True
             )
-            log_likelihood = tf.reduce_sum(log_likelihood)
-        gradients = tape.gradient(log_likelihood, variables)
-        return [
-            tf.zeros_like(v) if g is None else tf.square(g)
-            for v, g in zip(variables, gradients, strict=True)
-        ]
+        )
 
+    gradients = gradient_function(negative_log_likelihood, variables)
     totals = [np.zeros(tuple(v.shape), dtype="float64") for v in variables]
     for i in range(labels.shape[0]):
-        squares = squared_gradients(
-            tf.constant(x[i : i + 1]), tf.constant(labels[i : i + 1])
-        )
-        for total, square in zip(totals, squares, strict=True):
-            total += square.numpy()
+        _, grads = gradients(x[i : i + 1], labels[i : i + 1])
+        for total, grad in zip(totals, grads, strict=True):
+            total += np.square(keras.ops.convert_to_numpy(grad))
     return [total / labels.shape[0] for total in totals]

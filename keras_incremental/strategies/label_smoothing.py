@@ -1,7 +1,7 @@
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_incremental.gradients import gradient_function
 from keras_incremental.strategies.features import logits_of
 from keras_incremental.strategies.strategy import Strategy
 
@@ -92,16 +92,18 @@ class LabelSmoothing(Strategy):
         rng = np.random.default_rng([memory.seed, context.stage])
         ops = keras.ops
 
-        @tf.function(reduce_retracing=True)
+        def loss_fn(xb, yb):
+            logits = logits_of(head, model(xb, training=True))
+            return ops.mean(
+                keras.losses.sparse_categorical_crossentropy(
+                    yb, logits, from_logits=True
+                )
+            ) + self._term(logits)
+
+        gradients = gradient_function(loss_fn, variables)
+
         def step(xb, yb):
-            with tf.GradientTape() as tape:
-                logits = logits_of(head, model(xb, training=True))
-                loss = ops.mean(
-                    keras.losses.sparse_categorical_crossentropy(
-                        yb, logits, from_logits=True
-                    )
-                ) + self._term(logits)
-            grads = tape.gradient(loss, variables)
+            _, grads = gradients(xb, yb)
             optimizer.apply_gradients(zip(grads, variables, strict=True))
 
         for _ in range(self.adopt_epochs):

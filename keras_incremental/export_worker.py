@@ -1,0 +1,98 @@
+"""Serving exports of JAX and PyTorch models, written by TensorFlow.
+
+A TensorFlow SavedModel is traced with TensorFlow ops, which a model on
+another backend cannot run in the same process (the backend is chosen once,
+at import). `write_saved_model_in_tensorflow` saves the model as a `.keras`
+file and runs this module as a subprocess with `KERAS_BACKEND=tensorflow`,
+which loads the file and writes the SavedModel with the same signature and
+class names as a TensorFlow model's export. Only our own file, just written,
+is loaded, with `safe_mode=True` and without the optimizer.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from keras_incremental.files import partial_prefix
+
+# The longest an export subprocess may run: importing TensorFlow, loading the
+# model and tracing it take seconds; a hung one must not hang the stage.
+TIMEOUT_SECONDS = 600
+# The last characters of the subprocess's error output put in the message.
+ERROR_TAIL = 4000
+
+
+def write_saved_model_in_tensorflow(model, folder, names, scratch_dir):
+    """Writes the serving SavedModel of `model` into the empty `folder`.
+
+    Args:
+        model: The Keras model, on any backend.
+        folder: The empty folder the SavedModel goes to.
+        names: The class names, one per output unit.
+        scratch_dir: The folder for the temporary `.keras` file (a
+            `.partial-` name, removed afterwards).
+
+    Raises:
+        RuntimeError: when the subprocess fails or runs too long; its error
+            output is in the message.
+    """
+    with tempfile.TemporaryDirectory(
+        prefix=partial_prefix(), dir=scratch_dir
+    ) as scratch:
+        source = os.path.join(scratch, "model.keras")
+        model.save(source)
+        request = os.path.join(scratch, "request.json")
+        with open(request, "w", encoding="utf-8") as file:
+            json.dump(
+                {"source": source, "folder": folder, "names": names}, file
+            )
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", __name__, request],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(
+                "The TensorFlow subprocess writing the serving export did "
+                f"not finish in {TIMEOUT_SECONDS} s; nothing was exported."
+            ) from error
+        if done.returncode != 0:
+            raise RuntimeError(
+                "The TensorFlow subprocess writing the serving export of "
+                f"model '{model.name}' failed (exit code {done.returncode}); "
+                "nothing was exported. Its error output ends with:\n"
+                + done.stderr[-ERROR_TAIL:]
+            )
+
+
+def main(argv):
+    """Loads the request's model on TensorFlow and writes its export."""
+    import keras
+
+    from keras_incremental import serving
+
+    if keras.backend.backend() != "tensorflow":
+        raise SystemExit(
+            "keras_incremental.export_worker needs KERAS_BACKEND=tensorflow; "
+            f"received {keras.backend.backend()!r}."
+        )
+    (request,) = argv
+    with open(request, encoding="utf-8") as file:
+        spec = json.load(file)
+    model = keras.saving.load_model(
+        spec["source"], compile=False, safe_mode=True
+    )
+    serving.write_saved_model(model, spec["folder"], spec["names"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
