@@ -546,6 +546,7 @@ def test_save_checkpoint_elsewhere_and_errors(tmp_path):
         ki.IncrementalModel(model=_model()).save_checkpoint()
 
 
+@pytest.mark.backend_independent
 def test_a_failed_export_is_done_before_the_next_stage(tmp_path, monkeypatch):
     from keras_incremental.callbacks import incremental_model
     from keras_incremental.serving import exported_versions

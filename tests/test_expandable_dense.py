@@ -19,7 +19,8 @@ def test_same_outputs_as_dense_for_same_weights(shape):
     expandable.set_weights([dense.get_weights()[0], bias])
     dense.set_weights([dense.get_weights()[0], bias])
     np.testing.assert_array_equal(
-        np.asarray(expandable(x)), np.asarray(dense(x))
+        keras.ops.convert_to_numpy(expandable(x)),
+        keras.ops.convert_to_numpy(dense(x)),
     )
     assert expandable.compute_output_shape(shape) == shape[:-1] + (6,)
 
