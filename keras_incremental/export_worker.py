@@ -5,8 +5,9 @@ another backend cannot run in the same process (the backend is chosen once,
 at import). `write_saved_model_in_tensorflow` saves the model as a `.keras`
 file and runs this module as a subprocess with `KERAS_BACKEND=tensorflow`,
 which loads the file and writes the SavedModel with the same signature and
-class names as a TensorFlow model's export. Only our own file, just written,
-is loaded, with `safe_mode=True` and without the optimizer.
+class names as a TensorFlow model's export. Only our own file, just written
+into a private temporary folder, is loaded, with `safe_mode=True` and
+without compiling (the optimizer's state is saved but not read).
 """
 
 import json
@@ -41,36 +42,60 @@ def write_saved_model_in_tensorflow(model, folder, names, scratch_dir):
     with tempfile.TemporaryDirectory(
         prefix=partial_prefix(), dir=scratch_dir
     ) as scratch:
+        scratch = os.path.abspath(scratch)
         source = os.path.join(scratch, "model.keras")
         model.save(source)
         request = os.path.join(scratch, "request.json")
         with open(request, "w", encoding="utf-8") as file:
             json.dump(
-                {"source": source, "folder": folder, "names": names}, file
+                {
+                    "source": source,
+                    "folder": os.path.abspath(folder),
+                    "names": names,
+                },
+                file,
             )
-        env = dict(os.environ, KERAS_BACKEND="tensorflow")
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         try:
             done = subprocess.run(
                 [sys.executable, "-m", __name__, request],
-                env=env,
+                env=_environment(),
+                # Not the caller's folder, whose modules `-m` would import
+                # ahead of the installed ones.
+                cwd=scratch,
                 capture_output=True,
                 text=True,
+                errors="replace",
                 timeout=TIMEOUT_SECONDS,
                 check=False,
             )
         except subprocess.TimeoutExpired as error:
             raise RuntimeError(
-                "The TensorFlow subprocess writing the serving export did "
-                f"not finish in {TIMEOUT_SECONDS} s; nothing was exported."
+                "The TensorFlow subprocess writing the serving export of "
+                f"model '{model.name}' did not finish in {TIMEOUT_SECONDS} "
+                "s; expected it to load the model and trace it in seconds. "
+                "Nothing was exported."
             ) from error
         if done.returncode != 0:
             raise RuntimeError(
                 "The TensorFlow subprocess writing the serving export of "
                 f"model '{model.name}' failed (exit code {done.returncode}); "
-                "nothing was exported. Its error output ends with:\n"
-                + done.stderr[-ERROR_TAIL:]
+                "nothing was exported. It loads the model from a `.keras` "
+                "file: every layer must be a Keras one or a registered "
+                "serializable one that a fresh process can import. Its "
+                "error output ends with:\n" + done.stderr[-ERROR_TAIL:]
             )
+
+
+def _environment():
+    """The subprocess's environment: TensorFlow, on the CPU (tracing needs
+    no accelerator, and JAX or PyTorch may hold the GPU), able to import
+    this package the way the caller did."""
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [package_root, *filter(None, [env.get("PYTHONPATH")])]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
 
 
 def main(argv):

@@ -9,7 +9,7 @@ from `gradient_function`, written once per backend here.
 import keras
 
 
-def gradient_function(loss_fn, variables):
+def gradient_function(loss_fn, variables, state=()):
     """A compiled `(*args) -> (loss, gradients)` for `loss_fn(*args)`.
 
     Args:
@@ -18,6 +18,11 @@ def gradient_function(loss_fn, variables):
             scalar loss, written with `keras.ops`.
         variables: The list of trainable `keras.Variable`s to differentiate
             with respect to.
+        state: Other variables `loss_fn` may read and update, such as a
+            model's `non_trainable_variables` (batch-normalization
+            statistics, dropout seeds): on JAX they go through the compiled
+            function and their updates are assigned after each call, as on
+            the other backends. Defaults to none.
 
     Returns:
         A function that takes `loss_fn`'s arguments and returns the loss and
@@ -46,7 +51,7 @@ def gradient_function(loss_fn, variables):
     if backend == "tensorflow":
         return _tensorflow(loss_fn, variables)
     if backend == "jax":
-        return _jax(loss_fn, variables)
+        return _jax(loss_fn, variables, list(state))
     if backend == "torch":
         return _torch(loss_fn, variables)
     raise ValueError(
@@ -71,20 +76,29 @@ def _tensorflow(loss_fn, variables):
     return run
 
 
-def _jax(loss_fn, variables):
+def _jax(loss_fn, variables, state):
     import jax
 
-    def pure(values, *args):
+    def pure(values, state_values, *args):
         # The variables read as the traced `values`, so that `jax.grad`
-        # sees them; anything else the loss reads is a constant.
+        # sees them, and the state as traced inputs whose updates are
+        # returned; anything else the loss reads is a constant.
         mapping = list(zip(variables, values, strict=True))
-        with keras.StatelessScope(state_mapping=mapping):
-            return loss_fn(*args)
+        mapping += list(zip(state, state_values, strict=True))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            loss = loss_fn(*args)
+            updated = [scope.get_current_value(v) for v in state]
+        return loss, updated
 
-    compiled = jax.jit(jax.value_and_grad(pure))
+    compiled = jax.jit(jax.value_and_grad(pure, has_aux=True))
 
     def run(*args):
-        return compiled([v.value for v in variables], *args)
+        (loss, updated), grads = compiled(
+            [v.value for v in variables], [v.value for v in state], *args
+        )
+        for variable, value in zip(state, updated, strict=True):
+            variable.assign(value)
+        return loss, grads
 
     return run
 

@@ -19,10 +19,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # JAX compiles every function, eager operations included, once per shape;
 # the tests build many equal tiny models, whose compiled code a persistent
 # cache shares across tests and workers.
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR",
-    os.path.join(tempfile.gettempdir(), "keras-incremental-jax-cache"),
-)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    # A private folder: JAX loads the compiled code it finds there.
+    _cache = os.path.join(
+        tempfile.gettempdir(), f"keras-incremental-jax-cache-{os.getuid()}"
+    )
+    os.makedirs(_cache, mode=0o700, exist_ok=True)
+    if os.stat(_cache).st_uid == os.getuid():
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The tests check results, not speed: XLA's quickest compilation (about

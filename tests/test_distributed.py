@@ -132,7 +132,13 @@ def test_mirrored_strategy_stages(tmp_path, stages, single_device):
     import tensorflow as tf
 
     train, test = stages
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Each MirroredStrategy's collective all-reduce numbers its instances
+    # from the same start, and two in one process (this suite's) collide;
+    # reducing through one device uses no collective ops.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
     assert strategy.num_replicas_in_sync == 2
     keras.utils.set_random_seed(0)
     with strategy.scope():

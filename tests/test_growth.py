@@ -201,7 +201,13 @@ def _replicas(variable):
 def test_growth_under_mirrored_strategy():
     import tensorflow as tf
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Each MirroredStrategy's collective all-reduce numbers its instances
+    # from the same start, and two in one process (this suite's) collide;
+    # reducing through one device uses no collective ops.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = compiled_mlp(3)

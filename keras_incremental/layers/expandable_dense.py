@@ -132,14 +132,15 @@ class ExpandableDense(keras.layers.Dense):
         see the width the stage's targets have (one-hot ones are checked
         against it), and `argmax` over an empty axis cannot be traced.
         Nothing computed here is ever run, and the model's declared output
-        shape (`compute_output_shape`) keeps `units`. At least two units:
-        Keras reads a single one as a binary classifier when it picks the
-        kind of `"accuracy"` and cross-entropy.
+        shape (`compute_output_shape`) keeps `units`. With no width
+        announced, two units: Keras reads a single one as a binary
+        classifier when it picks the kind of `"accuracy"` and
+        cross-entropy.
         """
+        if width == 0:
+            width = 2
         column = ops.zeros_like(inputs[..., :1])
-        return ops.cast(
-            ops.repeat(column, max(width, 2), axis=-1), self.compute_dtype
-        )
+        return ops.cast(ops.repeat(column, width, axis=-1), self.compute_dtype)
 
     def quantize(self, mode=None, type_check=True, config=None):
         # `Dense.quantize` refuses subclasses because their `call` may differ;

@@ -100,7 +100,12 @@ class LabelSmoothing(Strategy):
                 )
             ) + self._term(logits)
 
-        gradients = gradient_function(loss_fn, variables)
+        trained = {id(v) for v in variables}
+        gradients = gradient_function(
+            loss_fn,
+            variables,
+            state=[v for v in model.variables if id(v) not in trained],
+        )
 
         def step(xb, yb):
             _, grads = gradients(xb, yb)
