@@ -153,8 +153,9 @@ def test_save_and_load_keep_rates_multipliers_and_state(tmp_path):
 
 
 def test_plain_sgd_step_after_load_model(tmp_path):
-    # `load_model` renames the variable paths (`sequential/body/kernel` ->
-    # `body/kernel`): the groups must still reach them.
+    # Keras 3.15's `load_model` renames the variable paths
+    # (`sequential/body/kernel` -> `body/kernel`; 3.16 keeps them): the
+    # groups must reach them either way.
     model = compiled(
         mlp(), MultiplierOptimizer(keras.optimizers.SGD(LR), {BODY: 0.5})
     )
@@ -162,7 +163,6 @@ def test_plain_sgd_step_after_load_model(tmp_path):
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert "sequential" not in loaded.trainable_variables[0].path
     assert_one_step(loaded, lambda v: 0.5 if "body" in v.path else 1.0)
 
 
