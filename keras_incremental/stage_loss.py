@@ -35,12 +35,11 @@ def install_loss(model, strategy, context):
     ):
         return
     base_loss = type(model).compute_loss
-    base_metrics = type(model).compute_metrics
 
     def compute_loss(
         x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        labels = y[0] if isinstance(y, tuple) else y
+        labels = _labels(y)
         if training:
             sample_weight = strategy.weigh(context, labels, sample_weight)
         loss = base_loss(
@@ -52,12 +51,8 @@ def install_loss(model, strategy, context):
                 loss = loss + keras.ops.cast(term, loss.dtype)
         return loss
 
-    def compute_metrics(x, y, y_pred, sample_weight=None):
-        labels = y[0] if isinstance(y, tuple) else y
-        return base_metrics(model, x, labels, y_pred, sample_weight)
-
     model.compute_loss = compute_loss
-    model.compute_metrics = compute_metrics
+    model.compute_metrics = _unpacking_metrics(model)
 
 
 def unpack_targets(model):
@@ -70,22 +65,31 @@ def unpack_targets(model):
     installed.
     """
     base_loss = type(model).compute_loss
-    base_metrics = type(model).compute_metrics
 
     def compute_loss(
         x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        labels = y[0] if isinstance(y, tuple) else y
         return base_loss(
-            model, x, labels, y_pred, sample_weight, training=training
+            model, x, _labels(y), y_pred, sample_weight, training=training
         )
 
-    def compute_metrics(x, y, y_pred, sample_weight=None):
-        labels = y[0] if isinstance(y, tuple) else y
-        return base_metrics(model, x, labels, y_pred, sample_weight)
-
     model.compute_loss = compute_loss
-    model.compute_metrics = compute_metrics
+    model.compute_metrics = _unpacking_metrics(model)
+
+
+def _labels(y):
+    """The labels of targets packed as `(labels, logits, mask)`, else `y`."""
+    return y[0] if isinstance(y, tuple) else y
+
+
+def _unpacking_metrics(model):
+    """`model.compute_metrics` on the labels of packed targets."""
+    base_metrics = type(model).compute_metrics
+
+    def compute_metrics(x, y, y_pred, sample_weight=None):
+        return base_metrics(model, x, _labels(y), y_pred, sample_weight)
+
+    return compute_metrics
 
 
 def remove_loss(model):
