@@ -131,6 +131,16 @@ def accuracy(model, inc, test):
     return float((predicted == names_test).mean()), logits
 
 
+def stage_check(model, inc, variables):
+    """What a run reports after a stage: the head's width, the classes and
+    the per-variable replica checks."""
+    return {
+        "units": model.get_layer("head").units,
+        "classes": list(inc.classes_),
+        "variables": variables,
+    }
+
+
 def staged_run(model, inc, stages, after_stage=None):
     """One `prepare` + `fit` per stage; `after_stage(index)` after each."""
     for index, (x, names) in enumerate(stages):
@@ -251,13 +261,7 @@ def _multi_worker(out, checkpoint, data):
                     ],
                 }
             )
-        checks.append(
-            {
-                "units": model.get_layer("head").units,
-                "classes": list(inc.classes_),
-                "variables": variables,
-            }
-        )
+        checks.append(stage_check(model, inc, variables))
 
     staged_run(model, inc, stages, after_stage)
     score, logits = accuracy(model, inc, test)
@@ -311,13 +315,7 @@ def _data_parallel(out, checkpoint, data):
                     ),
                 }
             )
-        checks.append(
-            {
-                "units": model.get_layer("head").units,
-                "classes": list(inc.classes_),
-                "variables": variables,
-            }
-        )
+        checks.append(stage_check(model, inc, variables))
 
     staged_run(model, inc, stages, after_stage)
     score, logits = accuracy(model, inc, test)
