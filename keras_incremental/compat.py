@@ -8,6 +8,7 @@ module, and the tests that cover it, rather than the whole package.
 """
 
 import contextlib
+import functools
 import inspect
 
 import keras
@@ -35,6 +36,24 @@ def untrack_variable(obj, variable):
     """Removes `variable` from `obj`'s variable tracker."""
     with unlocked_tracker(obj):
         obj._tracker.untrack(variable)
+
+
+def attach_tracked(obj, name, value):
+    """Sets attribute `name` of a (possibly built) layer or model to a Keras
+    object (a metric), tracked as Keras tracks its attributes."""
+    with unlocked_tracker(obj):
+        setattr(obj, name, value)
+
+
+def detach_tracked(obj, name):
+    """Removes what `attach_tracked` set, from the tracker too (a plain
+    `delattr` leaves it in the layer's lists)."""
+    value = obj.__dict__.get(name)
+    if value is None:
+        return
+    with unlocked_tracker(obj):
+        obj._tracker.untrack(value)
+    del obj.__dict__[name]
 
 
 def variable_scope_of(variable):
@@ -125,15 +144,17 @@ def restore_variable(variable, state):
     holding it stay valid), shape and value.
 
     A growth either gives a variable a new backend variable, leaving the old
-    one as it was, or assigns to a growable one in place; only the latter
-    needs its value written back. Off TensorFlow, variables are replaced,
-    never changed, by a growth.
+    one as it was, or assigns to it in place (a growable one on
+    TensorFlow, or any within a head's spare capacity); the latter needs its
+    value written back (PyTorch assigns into the same tensor).
     """
     backing, shape, value = state
     variable._value = backing
+    variable._shape = shape
     if keras.backend.backend() == "tensorflow" and growable(variable):
         _assign_any_shape(backing, value)
-    variable._shape = shape
+    elif tuple(shape) == value.shape:
+        variable.assign(value)
 
 
 def variable_numpy(variable):
@@ -286,13 +307,18 @@ def fixed_shapes(variables):
 
 
 def backend_variable_ids(variables):
-    """Identities of the backend objects behind Keras `variables`.
+    """Identities of what a traced function holds of Keras `variables`.
 
-    A traced function holds on to these: when one of them changed, the
-    function must be traced again. (A function kept for reuse keeps the
-    objects it captured alive, so their identities cannot be taken over by
-    new objects while it is kept.)
+    When one of them changed, the function must be traced again. TensorFlow
+    traces capture the backend variables behind them. A compiled JAX step
+    takes the Keras variables' values as arguments (their backend arrays
+    change at every assignment); it holds the variable objects, in their
+    order, and compiles again by itself for new shapes. (A function kept
+    for reuse keeps the objects it captured alive, so their identities
+    cannot be taken over by new objects while it is kept.)
     """
+    if keras.backend.backend() == "jax":
+        return tuple(id(v) for v in variables)
     return tuple(id(getattr(v, "_value", v)) for v in variables)
 
 
@@ -635,9 +661,34 @@ def remake_compiled_functions(model):
     for kind in ("train", "test", "predict"):
         if getattr(model, f"{kind}_function", None) is not None:
             if eager:
-                getattr(model, f"make_{kind}_function")(force=True)
+                make_function(model, kind)
             else:
                 setattr(model, f"{kind}_function", _RemadeOnCall(model, kind))
+
+
+def make_function(model, kind):
+    """`model.make_{kind}_function(force=True)`, traced anew on JAX.
+
+    Keras's JAX trainer compiles `jax.jit(self.train_step)` (and
+    `test_step`): a bound method, which equals every other bound method of
+    the same function and instance. JAX keeps the traces of a function
+    while it lives, keyed by that equality and the argument shapes; while a
+    function made before is kept (a stage's functions, kept for the next
+    stage), a new one of the same shapes would get its trace, with the
+    Python values read when it was traced (a head's width, a strategy's
+    settings). A new function object in the instance's `*_step` for each
+    make keeps their traces apart.
+    """
+    if keras.backend.backend() == "jax" and kind in ("train", "test"):
+        step = f"{kind}_step"
+        fresh = functools.partial(getattr(type(model), step), model)
+        fresh._keras_incremental_step = True
+        current = vars(model).get(step)
+        if current is None or getattr(
+            current, "_keras_incremental_step", False
+        ):
+            setattr(model, step, fresh)
+    return getattr(model, f"make_{kind}_function")(force=True)
 
 
 def _make_reads_variables():
@@ -674,7 +725,7 @@ class _RemadeOnCall:
 
     def _remade(self):
         attribute = f"{self.kind}_function"
-        made = getattr(self.model, f"make_{attribute}")(force=True)
+        made = make_function(self.model, self.kind)
         function = getattr(self.model, attribute)
         if function is self:
             # A `make_*_function` override that returns the function

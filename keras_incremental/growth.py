@@ -130,7 +130,12 @@ def find_head(model, layer=None):
 
 
 def expand(
-    model, n, layer=None, kernel_initializer=None, bias_initializer=None
+    model,
+    n,
+    layer=None,
+    kernel_initializer=None,
+    bias_initializer=None,
+    capacity=None,
 ):
     """Grows a model's classifier head by `n` units, in place.
 
@@ -168,6 +173,9 @@ def expand(
             Defaults to the layer's own `kernel_initializer`.
         bias_initializer: Optional initializer for the new bias entries.
             Defaults to the layer's own `bias_initializer`.
+        capacity: Optional positive integer: spare capacity to allocate
+            now (`ExpandableDense.reserve`), also with `n=0`. Growing within
+            it later changes no variable's shape. Defaults to `None`.
 
     Returns:
         The grown `ExpandableDense` layer.
@@ -196,9 +204,13 @@ def expand(
     n = check_unit_count(n, "n", 0)
     head = find_head(model, layer)
     head.check_expandable()
+    if capacity is not None:
+        head.reserve(capacity)
     optimizer_plan = _plan_optimizer(model, head)
     resized_metrics = _plan_metrics(model, head)
-    if n == 0:
+    if n == 0 and (
+        not head.built or head.kernel.shape[-1] == head.storage_width()
+    ):
         return head
 
     # Functions traced with the head's width stated, or before it had units
@@ -345,14 +357,19 @@ def _plan_growth(head, n, kernel_initializer, bias_initializer, plan):
         old = compat.variable_numpy(variable)
         shape = old.shape[:-1] + (units + n,)
         value = np.empty(shape, dtype=old.dtype)
-        value[..., :units] = old
+        value[..., :units] = old[..., :units]
         value[..., units:] = new_units_value(
             initializers.get(initializer), shape, units, variable.dtype
         )
         values[id(variable)] = value
     variables = [variable for variable, _ in weights]
-    # Grown in place (TensorFlow), or replaced by new variables.
-    in_place = all(compat.growable(v) for v in variables)
+    # The allocation's width: wider than the units with spare capacity.
+    width = head.storage_width(units + n)
+    # Grown in place (TensorFlow), assigned within the spare capacity, or
+    # replaced by new variables.
+    in_place = all(compat.growable(v) for v in variables) or all(
+        v.shape[-1] == width for v in variables
+    )
     moves = {id(v): [] for v in variables}
     for optimizer, slots_by_variable in plan:
         known = [v for v in variables if slots_by_variable.get(id(v))]
@@ -362,9 +379,12 @@ def _plan_growth(head, n, kernel_initializer, bias_initializer, plan):
         for variable in known:
             for slot, kind in slots_by_variable[id(variable)]:
                 old = compat.variable_numpy(slot)
-                value = np.empty(values[id(variable)].shape, dtype=old.dtype)
-                value[..., :units] = old
-                value[..., units:] = starts[kind, id(variable)]
+                shape = values[id(variable)].shape[:-1] + (width,)
+                # Past the units, a spare column's slots stay as a spare
+                # column's are: zero.
+                value = np.zeros(shape, dtype=old.dtype)
+                value[..., :units] = old[..., :units]
+                value[..., units : units + n] = starts[kind, id(variable)]
                 replacement = None
                 if not in_place:
                     # Made now, in the place the new variable will have.
@@ -438,7 +458,7 @@ def _grow(head, n, growth):
     slots = [move.slot for v in variables for move in growth.moves[id(v)]]
     states = [(v, compat.variable_state(v)) for v in variables + slots]
     layer_state = compat.layer_variables_state(head)
-    units = head.units
+    units, capacity = head.units, head.capacity
     undo = []
     try:
         pairs = head.expand(
@@ -470,7 +490,9 @@ def _grow(head, n, growth):
             for step in reversed(undo):
                 step()
             compat.restore_layer_variables(head, layer_state)
-            head.units = units
+            head.units, head.capacity = units, capacity
+            if head._active is not None:
+                head._active.assign(units)
             for variable, state in states:
                 compat.restore_variable(variable, state)
         except Exception as failure:
@@ -485,6 +507,11 @@ def _grow(head, n, growth):
 def _move_slot(move, in_place, new, undo):
     """Grows one slot in place, or puts its replacement in its place."""
     if in_place and compat.grow_variable(move.slot, move.value):
+        return
+    if in_place and tuple(move.slot.shape) == move.value.shape:
+        # Within a head's spare capacity: the same slot, new values (put
+        # back by `_grow` on failure with the other variable states).
+        move.slot.assign(move.value)
         return
     replacement = move.replacement
     if replacement is None:

@@ -133,11 +133,11 @@ def _incremental(
 ):
     """Our loop: one model, grown by `IncrementalModel` stage by stage.
 
-    Stages go in as `tf.data` pipelines (shuffled, batched) where the
-    strategy allows, with `steps_per_execution`: the fast path the docs
-    recommend. Strategies that need arrays (logit replay, EWC) get arrays.
+    Stages go in as `tf.data` pipelines (shuffled, batched) on TensorFlow
+    where the strategy allows, with `steps_per_execution`: the fast path the
+    docs recommend. Strategies that need arrays (logit replay, EWC), and
+    the other backends, get arrays.
     """
-    import tensorflow as tf
 
     joint = method == "joint"
     model = compile_model(build_model(x_train.shape[1], 0), steps_per_execution)
@@ -147,8 +147,12 @@ def _incremental(
         memory_size=0 if joint else memory_size,
         seed=seed,
     )
-    arrays = inc.strategy.needs_logits or any(
-        isinstance(p, EWC) for p in inc.strategy.parts
+    # JAX and PyTorch take NumPy batches straight; tf.data would convert
+    # every batch from TensorFlow tensors.
+    arrays = (
+        keras.backend.backend() != "tensorflow"
+        or inc.strategy.needs_logits
+        or any(isinstance(p, EWC) for p in inc.strategy.parts)
     )
     for index, classes in enumerate(stages):
         seen = stages[: index + 1] if joint else [classes]
@@ -164,6 +168,8 @@ def _incremental(
                 callbacks=[inc],
             )
         else:
+            import tensorflow as tf
+
             dataset = (
                 tf.data.Dataset.from_tensor_slices(
                     (x_train[mask], y_train[mask])

@@ -14,6 +14,7 @@ from keras_incremental import compat
 from keras_incremental import metrics
 from keras_incremental import stage_data
 from keras_incremental import stage_loss
+from keras_incremental import stage_variables
 from keras_incremental import strategies
 from keras_incremental.adoption import adopt_model
 from keras_incremental.checks import check_unit_count
@@ -41,6 +42,9 @@ from keras_incremental.strategies import StageContext
 from keras_incremental.strategies.features import feature_extractor
 from keras_incremental.strategies.features import outputs
 from keras_incremental.targets import label_format
+
+# The spare capacity `capacity="auto"` allocates at least, on JAX.
+AUTO_CAPACITY = 16
 
 
 class IncrementalModel(keras.callbacks.Callback):
@@ -106,6 +110,16 @@ class IncrementalModel(keras.callbacks.Callback):
             class names). Defaults to `None`. Neither `report` nor
             `export_dir` is saved in the checkpoint: `restore` takes them
             again.
+        capacity: Spare capacity of the head (see `ExpandableDense`): an
+            integer, the number of units to allocate room for (doubled when
+            the classes outgrow it), `None` for none, or `"auto"`: on JAX,
+            room for `AUTO_CAPACITY` units or twice the classes known,
+            whichever is more; none on other backends. With it, JAX compiles
+            the train step of a stage once and the later stages reuse it
+            (TensorFlow keeps its trace by growing variables in place, and
+            PyTorch does not compile). A head with spare capacity needs a
+            sparse loss. Not saved in the checkpoint (the head's own
+            `capacity` is). Defaults to `"auto"`.
 
     Example:
 
@@ -136,9 +150,11 @@ class IncrementalModel(keras.callbacks.Callback):
         evaluation=None,
         report=None,
         export_dir=None,
+        capacity="auto",
     ):
         super().__init__()
         self.strategy = strategies.get(strategy)
+        self.capacity = _check_capacity(capacity)
         self.memory_size = check_unit_count(memory_size, "memory_size", 0)
         if checkpoint is not None:
             checkpoint = checkpoints.check_checkpoint_path(checkpoint)
@@ -501,8 +517,13 @@ class IncrementalModel(keras.callbacks.Callback):
         # A `fit` that failed never reached `on_train_end`: drop what its
         # stage installed before this one starts.
         stage_loss.remove_loss(model)
+        stage_variables.drop(model)
         self._context = None
         head = find_head(model, self.head)
+        missing = len(self.encoder.classes_) - head.units
+        if missing > 0:
+            # Before the teacher is copied, so that it has the same layout.
+            self._reserve(model, head)
         # The stage's functions see the head's width as free, so that they
         # stay valid when it grows in place next stage; unless a compiled
         # metric still to be built might size itself from it.
@@ -521,7 +542,6 @@ class IncrementalModel(keras.callbacks.Callback):
             # head then grow with it, in place, before anything is traced.
             with compat.variable_scope_of(head.kernel):
                 optimizer.build(model.trainable_variables)
-        missing = len(self.encoder.classes_) - head.units
         if missing > 0:
             expand(model, missing, layer=head)
         # The classes no earlier finished stage brought (also those a failed
@@ -538,6 +558,9 @@ class IncrementalModel(keras.callbacks.Callback):
             stage=self.stage_,
             old_units=old_units,
             teacher=teacher,
+            teacher_head=None
+            if teacher is None
+            else find_head(teacher, self.head),
             memory=self.memory,
             data=samples if isinstance(samples, tuple) else None,
             replayed=prepared.replayed,
@@ -545,10 +568,42 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         self.strategy.begin_stage(self._context)
         stage_loss.install_loss(model, self.strategy, self._context)
+        stage_variables.carry(
+            model,
+            (teacher.weights if teacher is not None else [])
+            + self.strategy.stage_variables(),
+        )
         # Metrics that size themselves inside the first traced step would
         # see the free width: size them now.
         resize_lazy_metrics(model, head)
         self._use_stage_functions(model, head, teacher)
+
+    def _reserve(self, model, head):
+        """Allocates the head's spare capacity (the `capacity` option)."""
+        capacity = self.capacity
+        sparse = label_format(model) == "sparse"
+        if capacity == "auto":
+            if (
+                keras.backend.backend() != "jax"
+                or head.capacity is not None
+                or not sparse
+            ):
+                # Not needed, allocated already (growth doubles it when
+                # outgrown), or not possible.
+                return
+            capacity = max(AUTO_CAPACITY, 2 * len(self.encoder.classes_))
+        if capacity is None:
+            return
+        if not sparse:
+            raise ValueError(
+                "A head with spare capacity gives all its columns in the "
+                "train step, so one-hot targets would need that width; "
+                "expected a sparse loss (`SparseCategoricalCrossentropy`) "
+                f"with `capacity`. Received: capacity={self.capacity!r} and "
+                f"the loss {model.loss!r}. Pass `capacity=None` or "
+                "compile with a sparse loss."
+            )
+        expand(model, 0, layer=head, capacity=capacity)
 
     def _adopted(self, head):
         """Whether this stage is the first on an adopted head: units that
@@ -600,7 +655,9 @@ class IncrementalModel(keras.callbacks.Callback):
                 teacher.set_weights(weights)
         if teacher is None:
             teacher = stage_loss.frozen_copy(model)
-            find_head(teacher, self.head)._free_width = True
+            teacher_head = find_head(teacher, self.head)
+            teacher_head._free_width = True
+            teacher_head._masked_in_inference = True
         self._teacher = teacher
         return teacher
 
@@ -620,7 +677,15 @@ class IncrementalModel(keras.callbacks.Callback):
         still valid, and has them made anew otherwise."""
         key = self._stage_key(model, head, teacher)
         if self._stage_functions is not None and key == self._trace_key:
-            model.train_function, model.test_function = self._stage_functions
+            if head.capacity is None:
+                model.train_function, model.test_function = (
+                    self._stage_functions
+                )
+            else:
+                # The test function gives the outputs of `units` columns,
+                # which it took as they were when traced.
+                compat.remake_compiled_functions(model)
+                model.train_function = self._stage_functions[0]
             return
         self._stage_functions = None
         compat.remake_compiled_functions(model)
@@ -701,6 +766,7 @@ class IncrementalModel(keras.callbacks.Callback):
             self._stage_functions = (model.train_function, model.test_function)
         head._free_width = False
         stage_loss.remove_loss(model)
+        stage_variables.drop(model)
         compat.remake_compiled_functions(model)
         context = self._context
         before = self.strategy.get_state()
@@ -1332,6 +1398,17 @@ def _plain(label):
     if isinstance(label, bytes):
         return label.decode("utf-8")
     return label.item() if isinstance(label, np.generic) else label
+
+
+def _check_capacity(capacity):
+    if capacity is None or capacity == "auto":
+        return capacity
+    if isinstance(capacity, str):
+        raise ValueError(
+            "Received an invalid value for `capacity`, expected a positive "
+            f'integer, None or "auto". Received: capacity={capacity!r}'
+        )
+    return check_unit_count(capacity, "capacity", 1)
 
 
 def _check_evaluation(evaluation):

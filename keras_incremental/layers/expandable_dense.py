@@ -45,8 +45,27 @@ class ExpandableDense(keras.layers.Dense):
             Defaults to `None`.
         bias_constraint: Constraint function applied to the bias vector.
             Defaults to `None`.
+        capacity: Optional integer >= `units`: the width the kernel and
+            bias are allocated with, so that growing up to it changes no
+            variable's shape (see "Spare capacity" below). `None` allocates
+            exactly `units`. Defaults to `None`.
         **kwargs: Any other argument of `keras.layers.Dense`, such as
             `lora_rank`, `name` or `dtype`.
+
+    Spare capacity:
+        With `capacity`, the kernel and bias hold `capacity` columns; the
+        first `units` are the layer's units and the rest are zeros that
+        `expand` fills, doubling the allocation when it runs out. The layer
+        computes exactly what a `Dense` of `units` computes: its outputs,
+        `get_config()`, and the weights `model.save` writes have `units`
+        columns. Inside the train and test functions of an
+        `IncrementalModel` stage (where the head's width is *free*), it
+        returns all `capacity` columns instead, the inactive ones at a large
+        negative logit (before the activation), so that a softmax and a
+        cross-entropy ignore them and receive no gradient through them. The
+        compiled step then keeps its shapes when the head grows: JAX does
+        not compile it again. A non-trainable `active_units` variable holds
+        the count the step reads.
 
     Input shape:
         N-D tensor with shape `(batch_size, ..., input_dim)`.
@@ -68,12 +87,18 @@ class ExpandableDense(keras.layers.Dense):
     ```
     """
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units, capacity=None, **kwargs):
         units = check_unit_count(units, "units", 0)
+        if capacity is not None:
+            capacity = check_unit_count(capacity, "capacity", max(units, 1))
         # `Dense` accepts only positive units; give it a placeholder and set
         # the real count right after.
         super().__init__(max(units, 1), **kwargs)
         self.units = units
+        self.capacity = capacity
+        self._active = None
+        # A teacher's head gives its masked columns in inference too.
+        self._masked_in_inference = False
         # Whether traced functions see the output width as free. A function
         # traced with the width free stays valid when the head grows in
         # place (no retrace); one traced with it stated must be remade.
@@ -86,7 +111,42 @@ class ExpandableDense(keras.layers.Dense):
         self._next_units = 0
 
     def build(self, input_shape):
-        super().build(input_shape)
+        if self.capacity is not None:
+            if self.lora_rank:
+                raise ValueError(
+                    f"Layer '{self.name}' has a `capacity` and a `lora_rank`; "
+                    "expected one or the other: LoRA is not supported on a "
+                    f"head with spare capacity. Received: capacity="
+                    f"{self.capacity}, lora_rank={self.lora_rank}"
+                )
+            units, self.units = self.units, self.capacity
+            try:
+                super().build(input_shape)
+            finally:
+                self.units = units
+            # The units drawn as a `Dense` of `units` draws them (fans of
+            # its shape); the spare columns zero.
+            for variable, initializer in (
+                (self._kernel, self.kernel_initializer),
+                (self.bias, self.bias_initializer),
+            ):
+                if variable is None:
+                    continue
+                value = np.zeros(variable.shape, dtype=variable.dtype)
+                shape = tuple(variable.shape[:-1]) + (units,)
+                value[..., :units] = new_units_value(
+                    initializer, shape, 0, variable.dtype
+                )
+                variable.assign(value)
+            self._active = self.add_weight(
+                shape=(),
+                initializer=initializers.Constant(units),
+                dtype="int32",
+                trainable=False,
+                name="active_units",
+            )
+        else:
+            super().build(input_shape)
         if self.quantization_mode is None:
             # Lets `expand` grow the kernel and bias in place, so that train
             # and predict functions traced before a growth stay valid.
@@ -99,6 +159,8 @@ class ExpandableDense(keras.layers.Dense):
             width = max(self.units, self._next_units)
             if width != self.units or width == 0:
                 return self._placeholder(inputs, width)
+        if self._active is not None:
+            return self._spare_capacity_call(inputs, training)
         if (
             self.units == 0
             and self._free_width
@@ -121,6 +183,77 @@ class ExpandableDense(keras.layers.Dense):
             return ops.cast(empty, self.compute_dtype)
         outputs = super().call(inputs, training=training)
         return compat.state_width(outputs, self.units, self._free_width)
+
+    def _spare_capacity_call(self, inputs, training):
+        """The outputs of a head with spare capacity (see the class doc)."""
+        outputs = ops.matmul(inputs, self._kernel)
+        if self.bias is not None:
+            outputs = ops.add(outputs, self.bias)
+        if self._free_width and (training or self._masked_in_inference):
+            # All columns, the inactive ones masked: the shapes stay the same
+            # as the head grows, and the mask is read at run time.
+            outputs = mask_columns(outputs, self.output_mask())
+        else:
+            outputs = outputs[..., : self.units]
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def output_mask(self):
+        """Which output columns are units, inside a stage's functions.
+
+        Returns:
+            A boolean tensor of shape `(capacity,)` for a head with spare
+            capacity (read from the `active_units` variable, so a traced
+            function reads it at run time), else `None`: then every column
+            of the outputs is a unit.
+        """
+        if self._active is None:
+            return None
+        capacity = self._kernel.shape[-1]
+        return ops.arange(capacity, dtype="int32") < ops.convert_to_tensor(
+            self._active
+        )
+
+    def save_own_variables(self, store):
+        if self._active is None:
+            return super().save_own_variables(store)
+        # The file holds what a `Dense` of `units` holds: the spare columns
+        # are an allocation, not weights.
+        store["0"] = compat.variable_numpy(self._kernel)[..., : self.units]
+        if self.bias is not None:
+            store["1"] = compat.variable_numpy(self.bias)[..., : self.units]
+
+    def load_own_variables(self, store):
+        if self._active is None:
+            return super().load_own_variables(store)
+        expected = 2 if self.bias is not None else 1
+        if len(store.keys()) != expected:
+            raise ValueError(
+                f"Layer '{self.name}' expected {expected} variables (kernel"
+                f"{' and bias' if expected == 2 else ''}) in the saved file, "
+                f"each with {self.units} columns. Received "
+                f"{len(store.keys())} variables."
+            )
+        for index, variable in enumerate([self._kernel, self.bias][:expected]):
+            saved = np.asarray(store[str(index)])
+            width = tuple(variable.shape[:-1]) + (self.units,)
+            if saved.shape != width:
+                raise ValueError(
+                    f"Layer '{self.name}' expected a saved '{variable.name}' "
+                    f"of shape {width} ({self.units} units). Received shape "
+                    f"{saved.shape}."
+                )
+            value = np.zeros(variable.shape, dtype=variable.dtype)
+            value[..., : self.units] = saved
+            variable.assign(value)
+        self._active.assign(self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.capacity is not None:
+            config["capacity"] = self.capacity
+        return config
 
     def _placeholder(self, inputs, width):
         """Shape inference's stand-in for the outputs of a head about to
@@ -145,6 +278,12 @@ class ExpandableDense(keras.layers.Dense):
     def quantize(self, mode=None, type_check=True, config=None):
         # `Dense.quantize` refuses subclasses because their `call` may differ;
         # this one computes what `Dense` computes once it has units.
+        if self.capacity is not None:
+            raise ValueError(
+                f"Layer '{self.name}' has spare capacity (capacity="
+                f"{self.capacity}); expected a head without it to quantize. "
+                "Quantize a model saved and loaded without `capacity`."
+            )
         if type_check and type(self) is not ExpandableDense:
             raise self._not_implemented_error(self.quantize)
         super().quantize(mode, type_check=False, config=config)
@@ -179,58 +318,113 @@ class ExpandableDense(keras.layers.Dense):
         bias_initializer = initializers.get(
             bias_initializer or self.bias_initializer
         )
-        if n == 0:
-            return []
         if not self.built:
             self.units += n
             return []
+        if n == 0 and self._kernel.shape[-1] == self.storage_width():
+            return []
 
         units = self.units + n
+        width = self.storage_width(units)
         old_kernel = self._kernel
         old_bias = self.bias
         # Growth runs eagerly, once per stage; NumPy keeps it to a handful of
         # backend calls, which is what its cost is made of.
         new_kernel_value = _grown_value(
-            old_kernel, kernel_initializer, self.units, units
+            old_kernel, kernel_initializer, self.units, units, width
         )
         if old_bias is not None:
             new_bias_value = _grown_value(
-                old_bias, bias_initializer, self.units, units
+                old_bias, bias_initializer, self.units, units, width
             )
+        variables = [v for v in (old_kernel, old_bias) if v is not None]
+        values = [new_kernel_value, new_bias_value][: len(variables)]
 
-        if all(
-            compat.growable(v) for v in (old_kernel, old_bias) if v is not None
+        if all(compat.growable(v) for v in variables):
+            for variable, value in zip(variables, values, strict=True):
+                compat.grow_variable(variable, value)
+            pairs = [(v, v) for v in variables]
+        elif all(
+            tuple(v.shape) == value.shape
+            for v, value in zip(variables, values, strict=True)
         ):
-            compat.grow_variable(old_kernel, new_kernel_value)
-            pairs = [(old_kernel, old_kernel)]
-            if old_bias is not None:
-                compat.grow_variable(old_bias, new_bias_value)
-                pairs.append((old_bias, old_bias))
-            self.units = units
-            return pairs
-        with (
-            compat.variable_scope_of(old_kernel),
-            compat.unlocked_tracker(self),
-        ):
-            new_kernel = self._replace_weight(
-                old_kernel,
-                new_kernel_value,
-                self.kernel_regularizer,
-                self.kernel_constraint,
-            )
-            self._kernel = new_kernel
-            pairs = [(old_kernel, new_kernel)]
-            if old_bias is not None:
-                new_bias = self._replace_weight(
-                    old_bias,
-                    new_bias_value,
-                    self.bias_regularizer,
-                    self.bias_constraint,
+            # Within the spare capacity: the same variables, new values.
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
+            pairs = [(v, v) for v in variables]
+        else:
+            with (
+                compat.variable_scope_of(old_kernel),
+                compat.unlocked_tracker(self),
+            ):
+                new_kernel = self._replace_weight(
+                    old_kernel,
+                    new_kernel_value,
+                    self.kernel_regularizer,
+                    self.kernel_constraint,
                 )
-                self.bias = new_bias
-                pairs.append((old_bias, new_bias))
+                self._kernel = new_kernel
+                pairs = [(old_kernel, new_kernel)]
+                if old_bias is not None:
+                    new_bias = self._replace_weight(
+                        old_bias,
+                        new_bias_value,
+                        self.bias_regularizer,
+                        self.bias_constraint,
+                    )
+                    self.bias = new_bias
+                    pairs.append((old_bias, new_bias))
         self.units = units
+        if self._active is not None:
+            self.capacity = width
+            self._active.assign(units)
         return pairs
+
+    def reserve(self, capacity):
+        """Asks for spare capacity: room for at least `capacity` units.
+
+        On an unbuilt layer, the kernel and bias are then allocated with
+        that width; on a built one, at its next growth (`expand`), which
+        doubles it as often as needed. A smaller `capacity` than the
+        layer's changes nothing.
+
+        Args:
+            capacity: Positive integer.
+        """
+        capacity = check_unit_count(capacity, "capacity", 1)
+        if self.capacity is not None and capacity <= self.capacity:
+            return
+        self.check_expandable()
+        if self.built and self._active is None:
+            if self.lora_rank:
+                raise ValueError(
+                    f"Layer '{self.name}' has LoRA enabled; expected a layer "
+                    "without it for spare capacity."
+                )
+            with (
+                compat.variable_scope_of(self._kernel),
+                compat.unlocked_tracker(self),
+            ):
+                self._active = self.add_weight(
+                    shape=(),
+                    initializer=initializers.Constant(self.units),
+                    dtype="int32",
+                    trainable=False,
+                    name="active_units",
+                )
+        self.capacity = max(capacity, self.units)
+
+    def storage_width(self, units=None):
+        """The width the kernel and bias are allocated with for `units`
+        units (default: the current ones): `units` without spare capacity;
+        with it, the capacity, doubled as often as `units` needs."""
+        units = self.units if units is None else units
+        if self.capacity is None:
+            return units
+        width = max(self.capacity, 1)
+        while width < units:
+            width *= 2
+        return width
 
     def check_expandable(self):
         """Raises if the layer is in a state that `expand` cannot grow.
@@ -266,13 +460,23 @@ class ExpandableDense(keras.layers.Dense):
         )
 
 
-def _grown_value(variable, initializer, units, grown_units):
-    """`variable`'s value with new units from `initializer` appended."""
+def _grown_value(variable, initializer, units, grown_units, width):
+    """`variable`'s value with new units from `initializer` appended, in an
+    allocation `width` wide (zeros past `grown_units`)."""
     old = compat.variable_numpy(variable)
     shape = old.shape[:-1] + (grown_units,)
-    value = np.empty(shape, dtype=old.dtype)
-    value[..., :units] = old
-    value[..., units:] = new_units_value(
+    value = np.zeros(old.shape[:-1] + (width,), dtype=old.dtype)
+    value[..., :units] = old[..., :units]
+    value[..., units:grown_units] = new_units_value(
         initializer, shape, units, variable.dtype
     )
     return value
+
+
+def mask_columns(values, mask):
+    """`values` with the columns where `mask` is false set to a logit low
+    enough that its softmax is exactly 0 next to any real logit, and finite
+    so that arithmetic on it stays finite (no gradient flows through it)."""
+    dtype = keras.backend.standardize_dtype(values.dtype)
+    low = -3e4 if dtype == "float16" else -1e9
+    return ops.where(mask, values, ops.cast(low, dtype))

@@ -49,15 +49,22 @@ class BalancedLoss(Strategy):
         if context.replayed is not None:
             labels.append(np.asarray(context.replayed))
         labels = np.concatenate(labels)
-        counts = np.bincount(labels, minlength=context.head.units)
+        # One weight per column the step sees: a head with spare capacity
+        # gives all of them.
+        counts = np.bincount(labels, minlength=context.head.storage_width())
         present = counts > 0
         weights = np.zeros(counts.shape, dtype="float32")
         weights[present] = (
             labels.size / (present.sum() * counts[present])
         ) ** self.power
-        # Held in a variable that grows in place, so that the stage's train
-        # function reads this stage's weights and can serve the next one.
-        if self._weights is None or not compat.grow_variable(
+        # Held in a variable that keeps its shape (spare capacity) or grows
+        # in place (TensorFlow), so that the stage's train function reads
+        # this stage's weights and can serve the next one.
+        if self._weights is not None and tuple(self._weights.shape) == (
+            weights.shape
+        ):
+            self._weights.assign(weights)
+        elif self._weights is None or not compat.grow_variable(
             self._weights, weights
         ):
             self._weights = keras.Variable(
@@ -80,6 +87,9 @@ class BalancedLoss(Strategy):
         if sample_weight is None:
             return per_sample
         return per_sample * ops.cast(sample_weight, "float32")
+
+    def stage_variables(self):
+        return [] if self._weights is None else [self._weights]
 
     def trace_signature(self, context):
         if self._weights is None:

@@ -1,6 +1,8 @@
 import keras
 
+from keras_incremental.layers.expandable_dense import mask_columns
 from keras_incremental.strategies.features import logits_of
+from keras_incremental.strategies.features import unit_mask
 from keras_incremental.strategies.strategy import Strategy
 
 
@@ -60,14 +62,22 @@ class Distillation(Strategy):
     def loss(self, context, x, y, y_pred):
         if context.teacher is None:
             return None
+        ops = keras.ops
         head = context.head
         teacher = logits_of(head, context.teacher(x, training=False))
-        # The teacher's width, read at run time: the same trace serves every
-        # later stage, with the teacher grown in place.
-        old_units = keras.ops.shape(teacher)[-1]
-        student = logits_of(head, y_pred)[..., :old_units]
+        student = logits_of(head, y_pred)
+        mask = unit_mask(context.teacher_head, teacher)
+        if mask is not None:
+            # Heads with spare capacity give all their columns, inactive
+            # ones masked: the student's are masked where the teacher's are,
+            # so that the softmaxes of both cover the teacher's units only.
+            student = mask_columns(student, mask)
+        else:
+            # The teacher's width, read at run time: the same trace serves
+            # every later stage, with the teacher grown in place.
+            student = student[..., : ops.shape(teacher)[-1]]
         term = self._distillation.compute_loss(
-            keras.ops.stop_gradient(teacher), student
+            ops.stop_gradient(teacher), student
         )
         return self.weight * term
 

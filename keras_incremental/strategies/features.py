@@ -47,6 +47,19 @@ def logits_of(head, outputs):
     return outputs
 
 
+def unit_mask(head, logits):
+    """Which columns of `logits` are the head's units, or `None` for all.
+
+    Inside a stage's functions a head with spare capacity gives all its
+    columns, the inactive ones masked (`ExpandableDense`'s "Spare
+    capacity"); a term over the columns must leave those out.
+    """
+    mask = None if head is None else head.output_mask()
+    if mask is None or logits.shape[-1] != mask.shape[-1]:
+        return None
+    return mask
+
+
 def outputs(model, x, batch_size=None):
     """The model's outputs on arrays, in eager batches.
 
@@ -57,9 +70,22 @@ def outputs(model, x, batch_size=None):
     if not isinstance(x, np.ndarray):
         return model.predict(x, batch_size=batch_size, verbose=0)
     size = batch_size or 1024
-    return np.concatenate(
-        [
-            keras.ops.convert_to_numpy(model(x[i : i + size], training=False))
-            for i in range(0, max(len(x), 1), size)
-        ]
-    )
+    bucket = keras.backend.backend() == "jax"
+    results = []
+    for start in range(0, max(len(x), 1), size):
+        batch = x[start : start + size]
+        rows = len(batch)
+        if bucket and rows:
+            # JAX compiles each op once per shape: batches padded to a
+            # power of two (at most `size`) reuse a few shapes across calls
+            # (evaluation sets of every size, stage after stage).
+            padded = min(size, 1 << (rows - 1).bit_length())
+            batch = np.concatenate(
+                [
+                    batch,
+                    np.zeros((padded - rows,) + batch.shape[1:], batch.dtype),
+                ]
+            )
+        result = keras.ops.convert_to_numpy(model(batch, training=False))
+        results.append(result[:rows])
+    return np.concatenate(results)

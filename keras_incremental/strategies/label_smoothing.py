@@ -3,6 +3,7 @@ import numpy as np
 
 from keras_incremental.gradients import gradient_function
 from keras_incremental.strategies.features import logits_of
+from keras_incremental.strategies.features import unit_mask
 from keras_incremental.strategies.strategy import Strategy
 
 
@@ -70,10 +71,15 @@ class LabelSmoothing(Strategy):
         self.epsilon = float(epsilon)
         self.adopt_epochs = adopt_epochs
 
-    def _term(self, logits):
+    def _term(self, logits, mask=None):
         ops = keras.ops
         log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-        return self.epsilon * ops.mean(-ops.mean(log_probs, axis=-1))
+        if mask is None:
+            return self.epsilon * ops.mean(-ops.mean(log_probs, axis=-1))
+        # Over the units only: a spare column is not a class.
+        total = ops.sum(ops.where(mask, -log_probs, 0.0), axis=-1)
+        count = ops.maximum(ops.sum(ops.cast(mask, "float32")), 1.0)
+        return self.epsilon * ops.mean(total / count)
 
     def adopt(self, context, batch_size=32):
         memory = context.memory
@@ -98,7 +104,7 @@ class LabelSmoothing(Strategy):
                 keras.losses.sparse_categorical_crossentropy(
                     yb, logits, from_logits=True
                 )
-            ) + self._term(logits)
+            ) + self._term(logits, unit_mask(head, logits))
 
         trained = {id(v) for v in variables}
         gradients = gradient_function(
@@ -120,7 +126,8 @@ class LabelSmoothing(Strategy):
     def loss(self, context, x, y, y_pred):
         if not self.epsilon:
             return None
-        return self._term(logits_of(context.head, y_pred))
+        logits = logits_of(context.head, y_pred)
+        return self._term(logits, unit_mask(context.head, logits))
 
     def trace_signature(self, context):
         # Reads nothing that changes between stages.

@@ -20,6 +20,7 @@ class StageContext:
             its outputs have width 0), or `None` when no part asked for one
             (`needs_teacher`). It is never an attribute of the model: it is
             not tracked or saved with it.
+        teacher_head: The teacher's head, or `None` without a teacher.
         memory: The `ExemplarMemory` of the run.
         data: The stage's own samples, `(x, class_indices)` NumPy arrays, or
             `None` when the stage came as a `tf.data.Dataset`.
@@ -36,6 +37,7 @@ class StageContext:
     stage: int
     old_units: int
     teacher: keras.Model = None
+    teacher_head: keras.layers.Layer = None
     memory: object = None
     data: tuple = None
     replayed: object = None
@@ -149,6 +151,20 @@ class Strategy:
         if type(self).loss is base.loss and type(self).weigh is base.weigh:
             return ()
         return (context.stage,)
+
+    def stage_variables(self):
+        """The variables that the traced `loss` and `weigh` read and that
+        the model does not own (a per-stage value kept in a variable).
+
+        A compiled JAX step takes the model's variables as arguments and
+        takes any other variable it reads as a constant. `IncrementalModel`
+        passes these through its stages' steps as state instead, so that a
+        step kept for the next stage reads their values of that stage.
+
+        Returns:
+            A list of `keras.Variable`; empty by default.
+        """
+        return []
 
     def end_stage(self, context):
         """Called after the stage's last step, before the memory update.
@@ -268,6 +284,9 @@ class Combine(Strategy):
 
     def trace_signature(self, context):
         return tuple(p.trace_signature(context) for p in self._parts)
+
+    def stage_variables(self):
+        return [v for p in self._parts for v in p.stage_variables()]
 
     def end_stage(self, context):
         for part in self._parts:

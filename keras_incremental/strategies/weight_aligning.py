@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 
 from keras_incremental.strategies.strategy import Strategy
@@ -31,12 +32,13 @@ class WeightAligning(Strategy):
         head, old = context.head, context.old_units
         if old == 0 or head.units <= old:
             return
-        kernel = np.asarray(head.kernel.numpy())
+        units = head.units  # Past them, a head's spare capacity.
+        kernel = np.array(keras.ops.convert_to_numpy(head.kernel))
         norms = np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), axis=0)
-        gamma = np.mean(norms[:old]) / max(np.mean(norms[old:]), 1e-12)
-        kernel[..., old:] *= gamma
+        gamma = np.mean(norms[:old]) / max(np.mean(norms[old:units]), 1e-12)
+        kernel[..., old:units] *= gamma
         head.kernel.assign(kernel)
         if head.use_bias:
-            bias = np.asarray(head.bias.numpy())
-            bias[old:] *= gamma
+            bias = np.array(keras.ops.convert_to_numpy(head.bias))
+            bias[old:units] *= gamma
             head.bias.assign(bias)
