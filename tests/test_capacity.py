@@ -14,6 +14,7 @@ import pytest
 from helpers import data
 
 import keras_incremental as ki
+from keras_incremental import compat
 from keras_incremental import stage_variables
 from keras_incremental.callbacks.incremental_model import AUTO_CAPACITY
 from keras_incremental.growth import find_head
@@ -333,3 +334,67 @@ def test_jax_compiles_the_train_step_once():
         logger.removeHandler(handler)
     assert spare == 1
     assert exact == 3
+
+
+def test_stage_variables_are_carried_through_the_step_and_dropped():
+    keras.utils.set_random_seed(0)
+    x, y = data(32, classes=2)
+    model = compiled(ki.ExpandableDense(2, name="head"))
+    model.fit(x, y, epochs=1, verbose=0)
+    scale = keras.Variable(0.0, trainable=False, name="scale")
+    base = type(model).compute_loss
+
+    def compute_loss(
+        x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        loss = base(model, x, y, y_pred, sample_weight, training=training)
+        return loss + scale
+
+    model.compute_loss = compute_loss
+    compat.remake_compiled_functions(model)
+    stage_variables.carry(model, [scale])
+    carried = [
+        m
+        for m in model.metrics
+        if isinstance(m, stage_variables.StageVariables)
+    ]
+    assert len(carried) == (1 if JAX else 0)
+    losses = []
+    for value in (0.0, 10.0):
+        scale.assign(value)
+        history = model.fit(x, y, epochs=1, verbose=0, shuffle=False)
+        losses.append(history.history["loss"][0])
+        assert set(history.history) == {"loss", "accuracy"}
+    # The step read the new value (on JAX: as state, not a constant).
+    assert losses[1] - losses[0] == pytest.approx(10.0, abs=0.5)
+    assert float(numpy(scale)) == 10.0
+    stage_variables.drop(model)
+    assert not any(
+        isinstance(m, stage_variables.StageVariables) for m in model.metrics
+    )
+    del model.compute_loss
+
+
+def test_a_remade_function_is_traced_anew_while_the_old_one_lives():
+    """JAX keys traces by the bound `train_step`; a function kept alive (a
+    stage's, kept for the next stage) must not lend its trace to a new one
+    of the same shapes, with the Python values it was traced with."""
+    x, y = data(32, classes=2)
+    model = compiled(ki.ExpandableDense(2, name="head"))
+    model.offset = 0.0
+    base = type(model).compute_loss
+
+    def compute_loss(
+        x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        loss = base(model, x, y, y_pred, sample_weight, training=training)
+        return loss + model.offset
+
+    model.compute_loss = compute_loss
+    first = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    kept = model.test_function
+    model.offset = 10.0
+    compat.remake_compiled_functions(model)
+    second = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert kept is not model.test_function
+    assert second - first == pytest.approx(10.0, abs=1e-3)

@@ -326,7 +326,10 @@ def test_jax_data_parallel_stages(tmp_path, stages_file):
     assert len(report["stages"]) == 3
     for index, stage in enumerate(report["stages"]):
         assert stage["units"] == 2 * (index + 1)
-        assert len(stage["variables"]) == 4 + 2 + 2 * 4
+        # Body and head kernels and biases, the head's `active_units` (its
+        # spare capacity on JAX), Adam's iteration and learning rate, and
+        # two moments per kernel and bias.
+        assert len(stage["variables"]) == 4 + 1 + 2 + 2 * 4
         for variable in stage["variables"]:
             where = f"{variable['path']} after stage {index}"
             assert variable["devices"] == ["cpu:0", "cpu:1"], where
