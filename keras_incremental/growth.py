@@ -205,7 +205,23 @@ def expand(
     head = find_head(model, layer)
     head.check_expandable()
     if capacity is not None:
-        head.reserve(capacity)
+        capacity = check_unit_count(capacity, "capacity", 1)
+        if not head.built:
+            head.reserve(capacity)
+        elif capacity > (head.capacity or 0):
+            reserved = head._reserve_built(capacity)
+            try:
+                return _expand(
+                    model, head, n, kernel_initializer, bias_initializer
+                )
+            except BaseException:
+                head._unreserve(reserved)
+                raise
+    return _expand(model, head, n, kernel_initializer, bias_initializer)
+
+
+def _expand(model, head, n, kernel_initializer, bias_initializer):
+    """`expand` once the head and its capacity are known."""
     optimizer_plan = _plan_optimizer(model, head)
     resized_metrics = _plan_metrics(model, head)
     if n == 0 and (
@@ -491,8 +507,7 @@ def _grow(head, n, growth):
                 step()
             compat.restore_layer_variables(head, layer_state)
             head.units, head.capacity = units, capacity
-            if head._active is not None:
-                head._active.assign(units)
+            head._set_active(units)
             for variable, state in states:
                 compat.restore_variable(variable, state)
         except Exception as failure:

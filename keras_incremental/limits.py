@@ -173,3 +173,59 @@ def _refuse_several_outputs(model, outputs, head):
 
 def _names(classes):
     return ", ".join(cls.__name__ for cls in classes)
+
+
+def spare_capacity_problem(model, head):
+    """Why masked spare columns of `head` would not stay masked in `model`,
+    or `None` when they would.
+
+    Inside a stage's train step a head with spare capacity gives its
+    inactive columns at a large negative logit, which a softmax and a
+    cross-entropy ignore. An activity regularizer, or a layer after the
+    head other than a softmax or a pass-through (`Dropout` zeroes entries,
+    `ReLU` clips them), would turn them into values that count.
+    """
+    if head.activity_regularizer is not None:
+        return f"the head '{head.name}' has an activity regularizer"
+    for layer in _followers(model, head):
+        activation = getattr(layer, "activation", None)
+        if isinstance(layer, (keras.layers.Softmax, keras.layers.Identity)):
+            continue
+        if isinstance(layer, keras.layers.Activation) and activation in (
+            keras.activations.softmax,
+            keras.activations.linear,
+        ):
+            continue
+        return f"layer '{layer.name}' ({type(layer).__name__}) follows the head"
+    return None
+
+
+def _followers(model, head):
+    """The layers between `head` and `model`'s output, as
+    `check_growable_head` walks them."""
+    if isinstance(model, keras.Sequential):
+        layers = model.layers
+        index = next(
+            i
+            for i, layer in enumerate(layers)
+            if layer is head or _contains(layer, head)
+        )
+        if layers[index] is not head:
+            yield from _followers(layers[index], head)
+        yield from layers[index + 1 :]
+        return
+    outputs = compat.graph_outputs(model)
+    if outputs is None or len(outputs) != 1:
+        return
+    tensor = outputs[0]
+    while True:
+        operation, inputs, _ = compat.tensor_producer(tensor)
+        if operation is head or operation is None:
+            return
+        if isinstance(operation, keras.layers.Layer) and _contains(
+            operation, head
+        ):
+            yield from _followers(operation, head)
+            return
+        yield operation
+        tensor = inputs[0]

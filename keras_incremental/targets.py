@@ -42,6 +42,16 @@ def label_format(model):
     return SPARSE
 
 
+def has_sparse_loss(model):
+    """Whether the model's compiled loss is a sparse one by name (class
+    indices against all output columns), not merely not a known one-hot
+    one."""
+    loss = getattr(model, "loss", None)
+    if loss is None or isinstance(loss, (list, tuple, dict)):
+        return False
+    return _loss_name(loss).startswith("sparse")
+
+
 def encode_targets(indices, fmt, width):
     """Class indices as `fmt` labels: int64 indices or float32 one-hot."""
     indices = np.asarray(indices, dtype="int64")

@@ -206,9 +206,15 @@ def stages(classes_per_stage=2, count=3, per_class=32):
     return result
 
 
-def run(capacity, strategy="default", callbacks=()):
+def run(capacity, strategy="default", callbacks=(), softmax=False):
     keras.utils.set_random_seed(0)
-    model = compiled(ki.ExpandableDense(0, name="head"))
+    if softmax:
+        model = compiled(
+            ki.ExpandableDense(0, activation="softmax", name="head"),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+        )
+    else:
+        model = compiled(ki.ExpandableDense(0, name="head"))
     inc = ki.IncrementalModel(
         model=model, strategy=strategy, memory_size=32, capacity=capacity
     )
@@ -228,14 +234,20 @@ def run(capacity, strategy="default", callbacks=()):
     return model, inc, np.array(losses)
 
 
-def test_spare_capacity_trains_as_the_exact_head():
+@pytest.mark.parametrize(
+    "capacity, softmax, allocated",
+    [(16, False, 16), (4, False, 8), (16, True, 16)],
+    ids=["logits", "doubled-at-the-third-stage", "softmax-head"],
+)
+def test_spare_capacity_trains_as_the_exact_head(capacity, softmax, allocated):
     """The default strategy (replay, balanced loss, distillation, weight
     aligning, label smoothing) gives the same losses and predictions with
-    spare capacity as without."""
+    spare capacity as without: on logits, on a softmax head (whose logits
+    strategies read back from probabilities), and across a doubling."""
     x_test = np.concatenate([x for x, _ in stages()])
-    exact, inc_exact, losses_exact = run(None)
-    spare, inc_spare, losses_spare = run(16)
-    assert find_head(spare).capacity == 16
+    exact, inc_exact, losses_exact = run(None, softmax=softmax)
+    spare, inc_spare, losses_spare = run(capacity, softmax=softmax)
+    assert find_head(spare).capacity == allocated
     assert find_head(exact).capacity is None
     # The first stage, and the first epoch of the second (where replay,
     # distillation and the balanced weights first act), agree to rounding;
@@ -290,7 +302,9 @@ def test_one_hot_targets_need_no_capacity():
     )
     inc = ki.IncrementalModel(model=model, capacity=8)
     x, y = stages()[0]
-    xs, ys = inc.prepare(x, y)
+    with pytest.raises(ValueError, match="sparse loss"):
+        inc.prepare(x, y)
+    xs, ys = ki.IncrementalModel(model=model).prepare(x, y)
     with pytest.raises(ValueError, match="sparse loss"):
         model.fit(xs, ys, epochs=1, verbose=0, callbacks=[inc])
     assert find_head(model).units == 0 and find_head(model).capacity is None
@@ -398,3 +412,83 @@ def test_a_remade_function_is_traced_anew_while_the_old_one_lives():
     second = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     assert kept is not model.test_function
     assert second - first == pytest.approx(10.0, abs=1e-3)
+
+
+def test_failed_allocation_leaves_the_head_as_it_was(monkeypatch):
+    from keras_incremental import growth
+
+    keras.utils.set_random_seed(0)
+    x, y = data(32, classes=2)
+    model = compiled(ki.ExpandableDense(2, name="head"))
+    model.fit(x, y, epochs=1, verbose=0)
+    head = find_head(model)
+    weights = [numpy(w) for w in model.weights]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(growth, "_plan_growth", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        ki.expand(model, 0, capacity=8)
+    assert head.capacity is None and len(head.weights) == 2
+    for before, after in zip(weights, model.weights, strict=True):
+        np.testing.assert_array_equal(before, numpy(after))
+    model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_reserve_is_for_unbuilt_layers():
+    head = ki.ExpandableDense(2)
+    head.reserve(4)
+    head.expand(3)  # Unbuilt: the capacity follows the units.
+    assert head.capacity == 8
+    model_with(head)
+    assert tuple(head.kernel.shape) == (16, 8)
+    with pytest.raises(ValueError, match="expand\\(model, 0"):
+        head.reserve(32)
+    with pytest.raises(ValueError, match="LoRA"):
+        head.enable_lora(2)
+
+
+def test_layouts_whose_masks_would_not_hold_get_no_capacity():
+    x, y = stages()[0]
+    regularized = compiled(
+        ki.ExpandableDense(0, activity_regularizer="l2", name="head")
+    )
+    with pytest.raises(ValueError, match="activity regularizer"):
+        ki.IncrementalModel(model=regularized, capacity=8).prepare(x, y)
+    dropped = model_with(ki.ExpandableDense(0, name="head"))
+    dropped = keras.Sequential([dropped, keras.layers.Dropout(0.5)])
+    dropped.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    with pytest.raises(ValueError, match="Dropout"):
+        ki.IncrementalModel(model=dropped, capacity=8).prepare(x, y)
+    # "auto" leaves them (and losses not named sparse) without capacity.
+
+    def my_loss(y_true, y_pred):
+        return keras.ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                y_true, y_pred, from_logits=True
+            )
+        )
+
+    custom = compiled(ki.ExpandableDense(0, name="head"), loss=my_loss)
+    for model in (regularized, dropped, custom):
+        inc = ki.IncrementalModel(model=model, strategy="replay")
+        model.fit(*inc.prepare(x, y), epochs=1, verbose=0, callbacks=[inc])
+        assert find_head(model).capacity is None
+
+
+def test_restore_can_keep_a_run_without_capacity(tmp_path):
+    path = os.path.join(tmp_path, "stages.keras")
+    keras.utils.set_random_seed(0)
+    model = compiled(ki.ExpandableDense(0, name="head"))
+    inc = ki.IncrementalModel(model=model, capacity=None, checkpoint=path)
+    x, y = stages()[0]
+    model.fit(*inc.prepare(x, y), epochs=1, verbose=0, callbacks=[inc])
+    restored, inc2 = ki.IncrementalModel.restore(path, capacity=None)
+    x, y = stages()[1]
+    restored.fit(*inc2.prepare(x, y), epochs=1, verbose=0, callbacks=[inc2])
+    assert find_head(restored).capacity is None
+    assert find_head(restored).units == 4

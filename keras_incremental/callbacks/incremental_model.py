@@ -34,6 +34,7 @@ from keras_incremental.learning_rates import plan_groups
 from keras_incremental.learning_rates import rebuild_optimizer
 from keras_incremental.learning_rates import update_multipliers
 from keras_incremental.limits import check_growable_head
+from keras_incremental.limits import spare_capacity_problem
 from keras_incremental.memory import ExemplarMemory
 from keras_incremental.multiplier_optimizer import MultiplierOptimizer
 from keras_incremental.serving import export_for_serving
@@ -41,6 +42,7 @@ from keras_incremental.serving import exported_versions
 from keras_incremental.strategies import StageContext
 from keras_incremental.strategies.features import feature_extractor
 from keras_incremental.strategies.features import outputs
+from keras_incremental.targets import has_sparse_loss
 from keras_incremental.targets import label_format
 
 # The spare capacity `capacity="auto"` allocates at least, on JAX.
@@ -466,6 +468,8 @@ class IncrementalModel(keras.callbacks.Callback):
         layers_to_freeze(model, head, self.freeze)
         if self.learning_rates:
             plan_groups(model, self.learning_rates)
+        if self.capacity not in (None, "auto"):
+            _check_capacity_fits(model, head, self.capacity)
 
     def _check_saved(self):
         """Refuses a new stage while the last one's checkpoint is unwritten."""
@@ -579,31 +583,29 @@ class IncrementalModel(keras.callbacks.Callback):
         self._use_stage_functions(model, head, teacher)
 
     def _reserve(self, model, head):
-        """Allocates the head's spare capacity (the `capacity` option)."""
+        """Allocates the head's spare capacity (the `capacity` option), or
+        the doubling that the stage's classes need: before the teacher is
+        copied, so that its head has the student's layout."""
+        classes = len(self.encoder.classes_)
+        if head.capacity is not None:
+            needed = head.storage_width(classes)
+            if head.built and head.kernel.shape[-1] < needed:
+                expand(model, 0, layer=head, capacity=needed)
+            return
         capacity = self.capacity
-        sparse = label_format(model) == "sparse"
         if capacity == "auto":
             if (
                 keras.backend.backend() != "jax"
-                or head.capacity is not None
-                or not sparse
+                or not has_sparse_loss(model)
+                or spare_capacity_problem(model, head) is not None
             ):
-                # Not needed, allocated already (growth doubles it when
-                # outgrown), or not possible.
+                # Not needed (TensorFlow grows in place, PyTorch compiles
+                # nothing), or the masked columns would not stay masked.
                 return
-            capacity = max(AUTO_CAPACITY, 2 * len(self.encoder.classes_))
+            capacity = max(AUTO_CAPACITY, 2 * classes)
         if capacity is None:
             return
-        if not sparse:
-            raise ValueError(
-                "A head with spare capacity gives all its columns in the "
-                "train step, so one-hot targets would need that width; "
-                "expected a sparse loss (`SparseCategoricalCrossentropy`) "
-                f"with `capacity`. Received: capacity={self.capacity!r} and "
-                f"the loss {model.loss!r}. Pass `capacity=None` or "
-                "compile with a sparse loss."
-            )
-        expand(model, 0, layer=head, capacity=capacity)
+        expand(model, 0, layer=head, capacity=max(capacity, classes))
 
     def _adopted(self, head):
         """Whether this stage is the first on an adopted head: units that
@@ -670,6 +672,10 @@ class IncrementalModel(keras.callbacks.Callback):
             compat.backend_variable_ids(model.trainable_variables),
             traced_variables(model),
             compat.backend_variable_ids(teacher.weights) if teacher else (),
+            # A spare capacity's mask is as wide as the allocation was when
+            # traced (grown in place on TensorFlow, the same variables may
+            # be wider since).
+            tuple(head.kernel.shape) if head.capacity is not None else None,
         )
 
     def _use_stage_functions(self, model, head, teacher):
@@ -1208,7 +1214,7 @@ class IncrementalModel(keras.callbacks.Callback):
                 whose output is the model's output. Defaults to `None`.
             **options: The constructor's keyword arguments (`strategy`,
                 `memory_size`, `checkpoint`, `freeze`, `learning_rates`,
-                `seed`, `evaluation`, `report`, `export_dir`).
+                `seed`, `evaluation`, `report`, `export_dir`, `capacity`).
 
         Returns:
             `(model, inc)`: the model with its expandable head, and an
@@ -1268,6 +1274,7 @@ class IncrementalModel(keras.callbacks.Callback):
         export_dir=None,
         evaluation=None,
         freeze=None,
+        capacity="auto",
     ):
         """Loads a stage checkpoint, ready for the next stage.
 
@@ -1297,6 +1304,9 @@ class IncrementalModel(keras.callbacks.Callback):
             freeze: Optional `freeze`, as in the constructor. Defaults to
                 `None`: the saved names or patterns. A callable cannot be
                 saved: a run that had one warns when it is not given again.
+            capacity: The `capacity` option, as in the constructor (not
+                saved; a head allocated with spare capacity keeps it).
+                Defaults to `"auto"`.
 
         Returns:
             `(model, inc)`: the model with its optimizer state, and an
@@ -1356,6 +1366,7 @@ class IncrementalModel(keras.callbacks.Callback):
             report=report,
             export_dir=export_dir,
             evaluation=evaluation,
+            capacity=capacity,
             **settings,
         )
         if same_parts:
@@ -1398,6 +1409,27 @@ def _plain(label):
     if isinstance(label, bytes):
         return label.decode("utf-8")
     return label.item() if isinstance(label, np.generic) else label
+
+
+def _check_capacity_fits(model, head, capacity):
+    """Raises unless a head with spare capacity trains exactly in
+    `model` (see `ExpandableDense`)."""
+    problem = None
+    if label_format(model) != "sparse":
+        problem = (
+            f"the loss {model.loss!r} takes one-hot targets, which would need "
+            "the capacity's width; expected a sparse loss "
+            "(`SparseCategoricalCrossentropy`)"
+        )
+    else:
+        problem = spare_capacity_problem(model, head)
+    if problem is not None:
+        raise ValueError(
+            "A head with spare capacity gives all its columns in the train "
+            "step, the inactive ones masked; in this model they would not "
+            f"train exactly: {problem}. Received: capacity={capacity!r}. "
+            "Pass `capacity=None` (or fix the layout)."
+        )
 
 
 def _check_capacity(capacity):

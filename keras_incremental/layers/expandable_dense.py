@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_incremental import compat
 from keras_incremental.checks import check_unit_count
+from keras_incremental.layers.masking import mask_columns
 from keras_incremental.layers.new_units import new_units_value
 
 
@@ -56,8 +57,9 @@ class ExpandableDense(keras.layers.Dense):
         With `capacity`, the kernel and bias hold `capacity` columns; the
         first `units` are the layer's units and the rest are zeros that
         `expand` fills, doubling the allocation when it runs out. The layer
-        computes exactly what a `Dense` of `units` computes: its outputs,
-        `get_config()`, and the weights `model.save` writes have `units`
+        computes what a `Dense` of `units` computes (to rounding: the
+        product is wider): its outputs, `get_config()` (but for
+        `capacity`), and the weights `model.save` writes have `units`
         columns. Inside the train and test functions of an
         `IncrementalModel` stage (where the head's width is *free*), it
         returns all `capacity` columns instead, the inactive ones at a large
@@ -87,7 +89,7 @@ class ExpandableDense(keras.layers.Dense):
     ```
     """
 
-    def __init__(self, units, capacity=None, **kwargs):
+    def __init__(self, units, *, capacity=None, **kwargs):
         units = check_unit_count(units, "units", 0)
         if capacity is not None:
             capacity = check_unit_count(capacity, "capacity", max(units, 1))
@@ -233,7 +235,8 @@ class ExpandableDense(keras.layers.Dense):
                 f"Layer '{self.name}' expected {expected} variables (kernel"
                 f"{' and bias' if expected == 2 else ''}) in the saved file, "
                 f"each with {self.units} columns. Received "
-                f"{len(store.keys())} variables."
+                f"{len(store.keys())} variables. Load a file saved from a "
+                "model of the same layout."
             )
         for index, variable in enumerate([self._kernel, self.bias][:expected]):
             saved = np.asarray(store[str(index)])
@@ -242,7 +245,8 @@ class ExpandableDense(keras.layers.Dense):
                 raise ValueError(
                     f"Layer '{self.name}' expected a saved '{variable.name}' "
                     f"of shape {width} ({self.units} units). Received shape "
-                    f"{saved.shape}."
+                    f"{saved.shape}. Load a file saved from a model whose "
+                    "head has as many units."
                 )
             value = np.zeros(variable.shape, dtype=variable.dtype)
             value[..., : self.units] = saved
@@ -275,6 +279,16 @@ class ExpandableDense(keras.layers.Dense):
         column = ops.zeros_like(inputs[..., :1])
         return ops.cast(ops.repeat(column, width, axis=-1), self.compute_dtype)
 
+    def enable_lora(self, *args, **kwargs):
+        if self.capacity is not None:
+            raise ValueError(
+                f"Layer '{self.name}' has spare capacity (capacity="
+                f"{self.capacity}); expected a head without it for LoRA. "
+                "Build the head without `capacity` (`IncrementalModel("
+                "capacity=None)`) to use LoRA."
+            )
+        return super().enable_lora(*args, **kwargs)
+
     def quantize(self, mode=None, type_check=True, config=None):
         # `Dense.quantize` refuses subclasses because their `call` may differ;
         # this one computes what `Dense` computes once it has units.
@@ -292,10 +306,12 @@ class ExpandableDense(keras.layers.Dense):
         """Adds `n` output units to the layer, in place.
 
         The kernel and bias take the new width with their leading columns
-        unchanged, and keep their names and paths. On TensorFlow they grow in
-        place (the same variables, so functions traced before stay valid);
-        on other backends they are replaced by new variables. On an unbuilt
-        layer only `units` changes.
+        unchanged, and keep their names and paths. Within a spare capacity
+        they keep their shapes and take the new columns' values, on every
+        backend. Otherwise, on TensorFlow they grow in place (the same
+        variables, so functions traced before stay valid); on other backends
+        they are replaced by new variables (the allocation doubled when it
+        has a capacity). On an unbuilt layer only `units` changes.
 
         Args:
             n: Non-negative integer, the number of units to add.
@@ -320,6 +336,8 @@ class ExpandableDense(keras.layers.Dense):
         )
         if not self.built:
             self.units += n
+            if self.capacity is not None:
+                self.capacity = self.storage_width(self.units)
             return []
         if n == 0 and self._kernel.shape[-1] == self.storage_width():
             return []
@@ -381,26 +399,37 @@ class ExpandableDense(keras.layers.Dense):
         return pairs
 
     def reserve(self, capacity):
-        """Asks for spare capacity: room for at least `capacity` units.
+        """Asks for spare capacity on an unbuilt layer: room for at least
+        `capacity` units when it is built.
 
-        On an unbuilt layer, the kernel and bias are then allocated with
-        that width; on a built one, at its next growth (`expand`), which
-        doubles it as often as needed. A smaller `capacity` than the
-        layer's changes nothing.
+        A built layer's variables and its optimizer's slots must follow:
+        use `keras_incremental.expand(model, 0, capacity=...)` there.
 
         Args:
             capacity: Positive integer.
+
+        Raises:
+            ValueError: on a built layer.
         """
         capacity = check_unit_count(capacity, "capacity", 1)
+        if self.built:
+            raise ValueError(
+                f"Layer '{self.name}' is built; expected an unbuilt layer for "
+                "`reserve`, which only sets the width to allocate. Received "
+                f"capacity={capacity}. Use `keras_incremental.expand(model, 0, "
+                f"capacity={capacity})` on its model, which also carries the "
+                "optimizer's state over."
+            )
+        self.capacity = max(capacity, self.units, self.capacity or 0)
+
+    def _reserve_built(self, capacity):
+        """Sets the capacity of a built layer ahead of the growth that
+        allocates it (`keras_incremental.expand`); returns what
+        `_unreserve` needs to take it back."""
+        state = (self.capacity, self._active)
         if self.capacity is not None and capacity <= self.capacity:
-            return
-        self.check_expandable()
-        if self.built and self._active is None:
-            if self.lora_rank:
-                raise ValueError(
-                    f"Layer '{self.name}' has LoRA enabled; expected a layer "
-                    "without it for spare capacity."
-                )
+            return state
+        if self._active is None:
             with (
                 compat.variable_scope_of(self._kernel),
                 compat.unlocked_tracker(self),
@@ -413,6 +442,19 @@ class ExpandableDense(keras.layers.Dense):
                     name="active_units",
                 )
         self.capacity = max(capacity, self.units)
+        return state
+
+    def _unreserve(self, state):
+        """Takes back `_reserve_built` (a growth that failed)."""
+        capacity, active = state
+        if active is None and self._active is not None:
+            compat.untrack_variable(self, self._active)
+        self.capacity, self._active = capacity, active
+
+    def _set_active(self, units):
+        """Writes the active unit count that masked outputs read."""
+        if self._active is not None:
+            self._active.assign(units)
 
     def storage_width(self, units=None):
         """The width the kernel and bias are allocated with for `units`
@@ -471,12 +513,3 @@ def _grown_value(variable, initializer, units, grown_units, width):
         initializer, shape, units, variable.dtype
     )
     return value
-
-
-def mask_columns(values, mask):
-    """`values` with the columns where `mask` is false set to a logit low
-    enough that its softmax is exactly 0 next to any real logit, and finite
-    so that arithmetic on it stays finite (no gradient flows through it)."""
-    dtype = keras.backend.standardize_dtype(values.dtype)
-    low = -3e4 if dtype == "float16" else -1e9
-    return ops.where(mask, values, ops.cast(low, dtype))

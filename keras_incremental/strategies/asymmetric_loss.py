@@ -1,6 +1,7 @@
 import keras
 
 from keras_incremental.strategies.features import logits_of
+from keras_incremental.strategies.features import masked_units
 from keras_incremental.strategies.strategy import Strategy
 
 
@@ -51,7 +52,8 @@ class AsymmetricLoss(Strategy):
         labels = y[0] if isinstance(y, tuple) else y
         indices = _indices(labels, context.head.units)
         new = ops.cast(indices >= old_units, "float32")
-        logits = ops.cast(logits_of(context.head, y_pred), "float32")
+        # Spare columns of the head (masked) stay out of the softmax.
+        logits, _ = masked_units(context.head, logits_of(context.head, y_pred))
         new_logits = logits[:, old_units:]
         target = ops.maximum(indices - old_units, 0)
         cross_entropy = keras.losses.sparse_categorical_crossentropy(

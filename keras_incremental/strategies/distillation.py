@@ -1,8 +1,8 @@
 import keras
 
-from keras_incremental.layers.expandable_dense import mask_columns
+from keras_incremental.layers.masking import mask_columns
 from keras_incremental.strategies.features import logits_of
-from keras_incremental.strategies.features import unit_mask
+from keras_incremental.strategies.features import masked_units
 from keras_incremental.strategies.strategy import Strategy
 
 
@@ -14,7 +14,8 @@ class Distillation(Strategy):
     where `t` are the teacher's logits and `s` the model's logits of the
     classes of earlier stages, through `keras.distillation.LogitsDistillation`.
     The teacher is a frozen copy of the model as it ended the previous stage,
-    kept outside the model (never tracked or saved with it).
+    kept outside the model (never saved with it; on JAX its weights travel
+    through the stage's compiled step as state, see `stage_variables`).
 
     Args:
         temperature: Softmax temperature, > 0. Defaults to `2.0`.
@@ -65,13 +66,14 @@ class Distillation(Strategy):
         ops = keras.ops
         head = context.head
         teacher = logits_of(head, context.teacher(x, training=False))
-        student = logits_of(head, y_pred)
-        mask = unit_mask(context.teacher_head, teacher)
+        teacher, mask = masked_units(context.teacher_head, teacher)
+        student = ops.cast(logits_of(head, y_pred), "float32")
         if mask is not None:
             # Heads with spare capacity give all their columns, inactive
-            # ones masked: the student's are masked where the teacher's are,
-            # so that the softmaxes of both cover the teacher's units only.
-            student = mask_columns(student, mask)
+            # ones masked (in float32: no overflow once divided by the
+            # temperature): the student's are masked where the teacher's
+            # are, so that both softmaxes cover the teacher's units only.
+            student = mask_columns(student[..., : mask.shape[-1]], mask)
         else:
             # The teacher's width, read at run time: the same trace serves
             # every later stage, with the teacher grown in place.

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
+from keras_incremental.layers.masking import mask_columns
 
 
 def feature_extractor(model, head):
@@ -45,6 +46,21 @@ def logits_of(head, outputs):
     if head.activation is keras.activations.softmax:
         return keras.ops.log(keras.ops.clip(outputs, 1e-7, 1.0))
     return outputs
+
+
+def masked_units(head, logits):
+    """`logits` with the columns that are not units of `head` masked
+    (`mask_columns`), in float32, and the mask (`None`: all are units).
+
+    Logits read back from a softmax's probabilities (`logits_of`) are
+    finite in the masked columns; masking them again keeps them out of any
+    softmax.
+    """
+    logits = keras.ops.cast(logits, "float32")
+    mask = unit_mask(head, logits)
+    if mask is not None:
+        logits = mask_columns(logits, mask)
+    return logits, mask
 
 
 def unit_mask(head, logits):

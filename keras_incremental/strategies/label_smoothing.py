@@ -3,7 +3,7 @@ import numpy as np
 
 from keras_incremental.gradients import gradient_function
 from keras_incremental.strategies.features import logits_of
-from keras_incremental.strategies.features import unit_mask
+from keras_incremental.strategies.features import masked_units
 from keras_incremental.strategies.strategy import Strategy
 
 
@@ -73,7 +73,7 @@ class LabelSmoothing(Strategy):
 
     def _term(self, logits, mask=None):
         ops = keras.ops
-        log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+        log_probs = ops.log_softmax(logits, axis=-1)
         if mask is None:
             return self.epsilon * ops.mean(-ops.mean(log_probs, axis=-1))
         # Over the units only: a spare column is not a class.
@@ -104,7 +104,7 @@ class LabelSmoothing(Strategy):
                 keras.losses.sparse_categorical_crossentropy(
                     yb, logits, from_logits=True
                 )
-            ) + self._term(logits, unit_mask(head, logits))
+            ) + self._term(*masked_units(head, logits))
 
         trained = {id(v) for v in variables}
         gradients = gradient_function(
@@ -127,7 +127,7 @@ class LabelSmoothing(Strategy):
         if not self.epsilon:
             return None
         logits = logits_of(context.head, y_pred)
-        return self._term(logits, unit_mask(context.head, logits))
+        return self._term(*masked_units(context.head, logits))
 
     def trace_signature(self, context):
         # Reads nothing that changes between stages.

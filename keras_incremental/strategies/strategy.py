@@ -17,9 +17,12 @@ class StageContext:
             earlier stages).
         teacher: A frozen copy of the model as it ended the previous stage
             (at the first stage, as it started: its head has no units and
-            its outputs have width 0), or `None` when no part asked for one
-            (`needs_teacher`). It is never an attribute of the model: it is
-            not tracked or saved with it.
+            its outputs have width 0, or, with spare capacity, all columns
+            masked), or `None` when no part asked for one (`needs_teacher`).
+            It is never an attribute of the model and never saved with it;
+            on JAX its weights travel through the stage's compiled step as
+            the state of a metric of the model (`stage_variables`), taken
+            off when the stage ends.
         teacher_head: The teacher's head, or `None` without a teacher.
         memory: The `ExemplarMemory` of the run.
         data: The stage's own samples, `(x, class_indices)` NumPy arrays, or
