@@ -140,13 +140,7 @@ class ExpandableDense(keras.layers.Dense):
                     initializer, shape, 0, variable.dtype
                 )
                 variable.assign(value)
-            self._active = self.add_weight(
-                shape=(),
-                initializer=initializers.Constant(units),
-                dtype="int32",
-                trainable=False,
-                name="active_units",
-            )
+            self._active = self._active_units_weight()
         else:
             super().build(input_shape)
         if self.quantization_mode is None:
@@ -434,15 +428,19 @@ class ExpandableDense(keras.layers.Dense):
                 compat.variable_scope_of(self._kernel),
                 compat.unlocked_tracker(self),
             ):
-                self._active = self.add_weight(
-                    shape=(),
-                    initializer=initializers.Constant(self.units),
-                    dtype="int32",
-                    trainable=False,
-                    name="active_units",
-                )
+                self._active = self._active_units_weight()
         self.capacity = max(capacity, self.units)
         return state
+
+    def _active_units_weight(self):
+        """The variable that masked outputs read the unit count from."""
+        return self.add_weight(
+            shape=(),
+            initializer=initializers.Constant(self.units),
+            dtype="int32",
+            trainable=False,
+            name="active_units",
+        )
 
     def _unreserve(self, state):
         """Takes back `_reserve_built` (a growth that failed)."""
