@@ -1414,7 +1414,6 @@ def _plain(label):
 def _check_capacity_fits(model, head, capacity):
     """Raises unless a head with spare capacity trains exactly in
     `model` (see `ExpandableDense`)."""
-    problem = None
     if label_format(model) != "sparse":
         problem = (
             f"the loss {model.loss!r} takes one-hot targets, which would need "
