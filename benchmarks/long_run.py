@@ -67,8 +67,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_incremental as ki  # noqa: E402
-from keras_incremental import checkpoint as checkpoints  # noqa: E402
 from keras_incremental.memory import ExemplarMemory  # noqa: E402
+from keras_incremental.saving import checkpoint as checkpoints  # noqa: E402
 
 WINDOW = 10  # stages per window of the time target
 FIRST_EARLY_STAGE = 6  # the early window starts here at the earliest
@@ -179,7 +179,7 @@ class StageEndTimer:
 
     Wraps `ExemplarMemory.update` (on the class: the callback may update a
     copy of its memory) and the checkpoint writer of
-    `keras_incremental.checkpoint` (which the callback calls through its
+    `keras_incremental.saving.checkpoint` (which the callback calls through its
     module); `remove()` puts both back.
     """
 

@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 from keras_incremental import metrics
 from keras_incremental import strategies
 from keras_incremental.callbacks import IncrementalModel
-from keras_incremental.growth import expand
 from keras_incremental.layers import ExpandableDense
-from keras_incremental.serving import export_for_serving
-from keras_incremental.transfer import transfer_weights
+from keras_incremental.models.growth import expand
+from keras_incremental.models.transfer import transfer_weights
+from keras_incremental.saving.serving import export_for_serving
 
 __all__ = [
     "ExpandableDense",

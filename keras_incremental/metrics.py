@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from keras_incremental.files import atomic_path
+from keras_incremental.saving.files import atomic_path
 
 
 def stage_accuracies(y_true, y_pred, stages):

@@ -8,7 +8,7 @@ from helpers import data
 from helpers import values
 
 import keras_incremental as ki
-from keras_incremental.adoption import adopt_model
+from keras_incremental.models.adoption import adopt_model
 
 ops = keras.ops
 
@@ -94,7 +94,9 @@ def assert_same_optimizer_state(source, adopted):
 
 def head_layer(model, name):
     return next(
-        layer for layer in ki.growth.iter_layers(model) if layer.name == name
+        layer
+        for layer in ki.models.growth.iter_layers(model)
+        if layer.name == name
     )
 
 

@@ -15,9 +15,9 @@ from helpers import data
 
 import keras_incremental as ki
 from keras_incremental import compat
-from keras_incremental import stage_variables
+from keras_incremental.callbacks import stage_variables
 from keras_incremental.callbacks.incremental_model import AUTO_CAPACITY
-from keras_incremental.growth import find_head
+from keras_incremental.models.growth import find_head
 
 JAX = keras.backend.backend() == "jax"
 
@@ -415,7 +415,7 @@ def test_a_remade_function_is_traced_anew_while_the_old_one_lives():
 
 
 def test_failed_allocation_leaves_the_head_as_it_was(monkeypatch):
-    from keras_incremental import growth
+    from keras_incremental.models import growth
 
     keras.utils.set_random_seed(0)
     x, y = data(32, classes=2)

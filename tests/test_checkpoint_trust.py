@@ -17,9 +17,9 @@ import pytest
 from helpers import values
 
 import keras_incremental as ki
-from keras_incremental import checkpoint as checkpoints
 from keras_incremental import compat
-from keras_incremental.patterns import compile_pattern
+from keras_incremental.saving import checkpoint as checkpoints
+from keras_incremental.utils.patterns import compile_pattern
 
 STATE = checkpoints.STATE_ENTRY
 MEMORY = checkpoints.MEMORY_ENTRY
@@ -549,7 +549,7 @@ def test_save_checkpoint_elsewhere_and_errors(tmp_path):
 @pytest.mark.backend_independent
 def test_a_failed_export_is_done_before_the_next_stage(tmp_path, monkeypatch):
     from keras_incremental.callbacks import incremental_model
-    from keras_incremental.serving import exported_versions
+    from keras_incremental.saving.serving import exported_versions
 
     exports = tmp_path / "exports"
     model, inc = _run(tmp_path / "stages.keras", export_dir=str(exports))

@@ -41,7 +41,7 @@ import keras_incremental as ki
 # What these tests check (files on disk after a kill) does not depend on the
 # backend, and their child forks after importing it, which JAX and PyTorch
 # do not support: they run once, on TensorFlow.
-from keras_incremental.checkpoint import STATE_ENTRY
+from keras_incremental.saving.checkpoint import STATE_ENTRY
 
 pytestmark = pytest.mark.backend_independent
 
@@ -400,7 +400,7 @@ def test_killed_while_exporting(killed, reference, split):
     model, inc = continue_after_kill(
         split, reference, folder, stage=2, export_dir=str(serving)
     )
-    from keras_incremental.serving import exported_versions
+    from keras_incremental.saving.serving import exported_versions
 
     versions = exported_versions(str(serving))
     # One complete version per finished stage: stage 2 exported again

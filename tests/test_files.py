@@ -1,4 +1,4 @@
-"""Tests for `keras_incremental.files`: atomic writes and their leftovers."""
+"""Tests for `keras_incremental.saving.files`: atomic writes and leftovers."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from keras_incremental import files
+from keras_incremental.saving import files
 
 pytestmark = pytest.mark.backend_independent
 

@@ -359,7 +359,7 @@ KILL_CHILD = textwrap.dedent(
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np, keras
     import keras_incremental as ki
-    from keras_incremental import checkpoint
+    from keras_incremental.saving import checkpoint
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [keras.Input((4,)), ki.ExpandableDense(0, name="head")]

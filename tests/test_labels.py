@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from keras_incremental.labels import LabelEncoder
-from keras_incremental.labels import labels_from_onehot
+from keras_incremental.data.labels import LabelEncoder
+from keras_incremental.data.labels import labels_from_onehot
 
 
 def json_round_trip(encoder):

@@ -3,14 +3,16 @@ import numpy as np
 import pytest
 
 import keras_incremental as ki
-from keras_incremental.gradients import gradient_function
-from keras_incremental.growth import iter_layers
-from keras_incremental.learning_rates import group_pattern
-from keras_incremental.learning_rates import multiplier_optimizer
-from keras_incremental.learning_rates import plan_groups
-from keras_incremental.learning_rates import rebuild_optimizer
-from keras_incremental.learning_rates import update_multipliers
-from keras_incremental.multiplier_optimizer import MultiplierOptimizer
+from keras_incremental.models.growth import iter_layers
+from keras_incremental.optimizers.gradients import gradient_function
+from keras_incremental.optimizers.learning_rates import group_pattern
+from keras_incremental.optimizers.learning_rates import multiplier_optimizer
+from keras_incremental.optimizers.learning_rates import plan_groups
+from keras_incremental.optimizers.learning_rates import rebuild_optimizer
+from keras_incremental.optimizers.learning_rates import update_multipliers
+from keras_incremental.optimizers.multiplier_optimizer import (
+    MultiplierOptimizer,
+)
 
 LR = 0.1
 BODY = group_pattern(["body"])

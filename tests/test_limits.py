@@ -2,7 +2,7 @@ import keras
 import pytest
 
 import keras_incremental as ki
-from keras_incremental.limits import check_growable_head
+from keras_incremental.models.limits import check_growable_head
 
 
 def sequential(*after, units=0):

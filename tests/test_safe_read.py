@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from keras_incremental import safe_read
 from keras_incremental.memory import ExemplarMemory
+from keras_incremental.saving import safe_read
 
 pytestmark = pytest.mark.backend_independent
 

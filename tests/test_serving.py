@@ -1,4 +1,4 @@
-"""Tests for `keras_incremental.serving.export_for_serving`.
+"""Tests for `keras_incremental.saving.serving.export_for_serving`.
 
 The main export is loaded back in a fresh Python process (without this
 package), as TensorFlow Serving would load it, and inspected with
@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 
 import keras_incremental as ki
-from keras_incremental.serving import export_for_serving
-from keras_incremental.serving import exported_versions
+from keras_incremental.saving.serving import export_for_serving
+from keras_incremental.saving.serving import exported_versions
 
 NAMES = ["cat", "dog", "bird"]
 

@@ -11,7 +11,7 @@ from helpers import values
 from sklearn.datasets import load_digits
 
 import keras_incremental as ki
-from keras_incremental.stage_data import normalize_labels
+from keras_incremental.data.stage_data import normalize_labels
 
 NAMES = np.array("zero one two three four five six seven eight nine".split())
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_incremental as ki
-from keras_incremental.transfer import TransferReport
+from keras_incremental.models.transfer import TransferReport
 
 
 def stacked(head_units, inserted=False, features=4, hidden=6):

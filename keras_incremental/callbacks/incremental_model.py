@@ -9,41 +9,43 @@ import warnings
 import keras
 import numpy as np
 
-from keras_incremental import checkpoint as checkpoints
 from keras_incremental import compat
 from keras_incremental import metrics
-from keras_incremental import stage_data
-from keras_incremental import stage_loss
-from keras_incremental import stage_variables
 from keras_incremental import strategies
-from keras_incremental.adoption import adopt_model
-from keras_incremental.checks import check_unit_count
-from keras_incremental.destinations import check_destination
-from keras_incremental.freezing import check_freeze_spec
-from keras_incremental.freezing import layers_to_freeze
-from keras_incremental.growth import expand
-from keras_incremental.growth import find_head
-from keras_incremental.growth import resize_lazy_metrics
-from keras_incremental.growth import traced_variables
-from keras_incremental.labels import LabelEncoder
-from keras_incremental.learning_rates import base_learning_rate
-from keras_incremental.learning_rates import check_learning_rates
-from keras_incremental.learning_rates import leaf_optimizers
-from keras_incremental.learning_rates import multiplier_optimizer
-from keras_incremental.learning_rates import plan_groups
-from keras_incremental.learning_rates import rebuild_optimizer
-from keras_incremental.learning_rates import update_multipliers
-from keras_incremental.limits import check_growable_head
-from keras_incremental.limits import spare_capacity_problem
+from keras_incremental.callbacks import stage_loss
+from keras_incremental.callbacks import stage_variables
+from keras_incremental.data import stage_data
+from keras_incremental.data.labels import LabelEncoder
+from keras_incremental.data.targets import has_sparse_loss
+from keras_incremental.data.targets import label_format
 from keras_incremental.memory import ExemplarMemory
-from keras_incremental.multiplier_optimizer import MultiplierOptimizer
-from keras_incremental.serving import export_for_serving
-from keras_incremental.serving import exported_versions
+from keras_incremental.models.adoption import adopt_model
+from keras_incremental.models.freezing import check_freeze_spec
+from keras_incremental.models.freezing import layers_to_freeze
+from keras_incremental.models.growth import expand
+from keras_incremental.models.growth import find_head
+from keras_incremental.models.growth import resize_lazy_metrics
+from keras_incremental.models.growth import traced_variables
+from keras_incremental.models.limits import check_growable_head
+from keras_incremental.models.limits import spare_capacity_problem
+from keras_incremental.optimizers.learning_rates import base_learning_rate
+from keras_incremental.optimizers.learning_rates import check_learning_rates
+from keras_incremental.optimizers.learning_rates import leaf_optimizers
+from keras_incremental.optimizers.learning_rates import multiplier_optimizer
+from keras_incremental.optimizers.learning_rates import plan_groups
+from keras_incremental.optimizers.learning_rates import rebuild_optimizer
+from keras_incremental.optimizers.learning_rates import update_multipliers
+from keras_incremental.optimizers.multiplier_optimizer import (
+    MultiplierOptimizer,
+)
+from keras_incremental.saving import checkpoint as checkpoints
+from keras_incremental.saving.destinations import check_destination
+from keras_incremental.saving.serving import export_for_serving
+from keras_incremental.saving.serving import exported_versions
 from keras_incremental.strategies import StageContext
 from keras_incremental.strategies.features import feature_extractor
 from keras_incremental.strategies.features import outputs
-from keras_incremental.targets import has_sparse_loss
-from keras_incremental.targets import label_format
+from keras_incremental.utils.checks import check_unit_count
 
 # The spare capacity `capacity="auto"` allocates at least, on JAX.
 AUTO_CAPACITY = 16

@@ -4,9 +4,9 @@ from keras import initializers
 from keras import ops
 
 from keras_incremental import compat
-from keras_incremental.checks import check_unit_count
 from keras_incremental.layers.masking import mask_columns
 from keras_incremental.layers.new_units import new_units_value
+from keras_incremental.utils.checks import check_unit_count
 
 
 @keras.saving.register_keras_serializable(package="keras_incremental")

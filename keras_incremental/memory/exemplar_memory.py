@@ -3,12 +3,12 @@ import math
 import h5py
 import numpy as np
 
-from keras_incremental import safe_read
-from keras_incremental.checks import check_unit_count
 from keras_incremental.memory.selection import SELECTIONS
 from keras_incremental.memory.selection import check_selection
 from keras_incremental.memory.selection import herding_order
 from keras_incremental.memory.selection import random_order
+from keras_incremental.saving import safe_read
+from keras_incremental.utils.checks import check_unit_count
 
 
 class ExemplarMemory:
@@ -202,8 +202,9 @@ class ExemplarMemory:
         """Reads a memory written by `save` from an open `h5py` group.
 
         The group is untrusted input: its attributes, the declared shapes
-        and storage of its datasets (see `keras_incremental.safe_read`) and
-        then their values are checked before anything is built.
+        and storage of its datasets (see
+        `keras_incremental.saving.safe_read`) and then their values are
+        checked before anything is built.
 
         Args:
             group: An open `h5py.Group`, as `save` wrote it.

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 
-from keras_incremental.gradients import gradient_function
+from keras_incremental.optimizers.gradients import gradient_function
 from keras_incremental.strategies.features import logits_of
 from keras_incremental.strategies.strategy import Strategy
 

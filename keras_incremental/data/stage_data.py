@@ -15,9 +15,9 @@ import sys
 
 import numpy as np
 
-from keras_incremental.labels import labels_from_onehot
-from keras_incremental.labels import preview
-from keras_incremental.targets import encode_targets
+from keras_incremental.data.labels import labels_from_onehot
+from keras_incremental.data.labels import preview
+from keras_incremental.data.targets import encode_targets
 
 
 def is_dataset(value):

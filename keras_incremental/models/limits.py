@@ -10,8 +10,8 @@ that says why and how to fix them.
 import keras
 
 from keras_incremental import compat
-from keras_incremental.growth import find_head
-from keras_incremental.growth import iter_layers
+from keras_incremental.models.growth import find_head
+from keras_incremental.models.growth import iter_layers
 
 # Layers without weights that keep the width of their input: they may follow
 # the growing head.
@@ -50,7 +50,7 @@ def check_growable_head(model, head=None):
 
     Raises:
         TypeError: when `model` is not a Keras model, or `head` is not an
-            `ExpandableDense` (see `keras_incremental.growth.find_head`).
+            `ExpandableDense` (see `keras_incremental.models.growth.find_head`).
         ValueError: when the model has no such head, has several outputs,
             or reaches its output from the head through a layer that may not
             follow a growing width.

@@ -14,11 +14,13 @@ import keras
 from keras import ops
 
 from keras_incremental import compat
-from keras_incremental.checks import check_multiplier
-from keras_incremental.growth import iter_layers
-from keras_incremental.growth import layers_matching
-from keras_incremental.multiplier_optimizer import MultiplierOptimizer
-from keras_incremental.patterns import compile_pattern
+from keras_incremental.models.growth import iter_layers
+from keras_incremental.models.growth import layers_matching
+from keras_incremental.optimizers.multiplier_optimizer import (
+    MultiplierOptimizer,
+)
+from keras_incremental.utils.checks import check_multiplier
+from keras_incremental.utils.patterns import compile_pattern
 
 
 def check_learning_rates(learning_rates):

@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 
 _KINDS = ("int", "str", "bytes")
-_ONEHOT_HELPER = "keras_incremental.labels.labels_from_onehot(y)"
+_ONEHOT_HELPER = "keras_incremental.data.labels.labels_from_onehot(y)"
 # Error messages list at most this many labels or classes, so that one bad
 # stage of 100,000 labels still gives a readable message.
 _PREVIEW = 10

@@ -15,9 +15,9 @@ data, a callable `freeze`) and the last stage exported for serving.
 import math
 import numbers
 
-from keras_incremental.labels import LabelEncoder
-from keras_incremental.patterns import compile_pattern
+from keras_incremental.data.labels import LabelEncoder
 from keras_incremental.strategies import PARTS
+from keras_incremental.utils.patterns import compile_pattern
 
 FORMAT_VERSION = 2
 MAX_CLASSES = 1_000_000

@@ -8,11 +8,11 @@ from keras import initializers
 from keras import ops
 
 from keras_incremental import compat
-from keras_incremental.checks import check_unit_count
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.layers.new_units import new_units_value
-from keras_incremental.patterns import MAX_NAME_LENGTH
-from keras_incremental.patterns import compile_pattern
+from keras_incremental.utils.checks import check_unit_count
+from keras_incremental.utils.patterns import MAX_NAME_LENGTH
+from keras_incremental.utils.patterns import compile_pattern
 
 # Slot lists that hold the variable's value once the optimizer has taken a
 # step, whatever they start with in `build`: the exponential moving average

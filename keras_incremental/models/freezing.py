@@ -1,8 +1,8 @@
 """Which layers a stage trains: freezing by name, pattern or callable."""
 
-from keras_incremental.growth import iter_layers
-from keras_incremental.growth import layers_matching
-from keras_incremental.patterns import compile_pattern
+from keras_incremental.models.growth import iter_layers
+from keras_incremental.models.growth import layers_matching
+from keras_incremental.utils.patterns import compile_pattern
 
 BACKBONE = "backbone"
 

@@ -26,12 +26,12 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
-from keras_incremental import safe_read
-from keras_incremental.checkpoint_state import FORMAT_VERSION
-from keras_incremental.checkpoint_state import check_state
-from keras_incremental.checkpoint_state import state_to_json
-from keras_incremental.files import atomic_path
-from keras_incremental.growth import find_head
+from keras_incremental.models.growth import find_head
+from keras_incremental.saving import safe_read
+from keras_incremental.saving.files import atomic_path
+from keras_incremental.saving.run_state import FORMAT_VERSION
+from keras_incremental.saving.run_state import check_state
+from keras_incremental.saving.run_state import state_to_json
 
 STATE_ENTRY = "keras_incremental/state.json"
 MEMORY_ENTRY = "keras_incremental/memory.h5"

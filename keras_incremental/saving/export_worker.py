@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-from keras_incremental.files import partial_prefix
+from keras_incremental.saving.files import partial_prefix
 
 # The longest an export subprocess may run: importing TensorFlow, loading the
 # model and tracing it take seconds; a hung one must not hang the stage.
@@ -102,11 +102,12 @@ def main(argv):
     """Loads the request's model on TensorFlow and writes its export."""
     import keras
 
-    from keras_incremental import serving
+    from keras_incremental.saving import serving
 
     if keras.backend.backend() != "tensorflow":
         raise SystemExit(
-            "keras_incremental.export_worker needs KERAS_BACKEND=tensorflow; "
+            "keras_incremental.saving.export_worker needs "
+            "KERAS_BACKEND=tensorflow; "
             f"received {keras.backend.backend()!r}."
         )
     (request,) = argv

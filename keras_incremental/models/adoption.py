@@ -15,9 +15,9 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
-from keras_incremental.files import keras_file_path
 from keras_incremental.layers import ExpandableDense
-from keras_incremental.limits import WIDTH_KEEPING_LAYERS
+from keras_incremental.models.limits import WIDTH_KEEPING_LAYERS
+from keras_incremental.saving.files import keras_file_path
 
 _PREVIEW = 10
 
@@ -32,8 +32,8 @@ def adopt_model(source, classes, head=None):
     its configuration, name and weights, so the new model's predictions are
     those of `source`. The `Dense` may be followed by layers without weights
     that keep its width (`Softmax`, `Activation`, ...: see
-    `keras_incremental.limits.WIDTH_KEEPING_LAYERS`), and may sit inside a
-    nested Sequential or functional model (which is copied too).
+    `keras_incremental.models.limits.WIDTH_KEEPING_LAYERS`), and may sit
+    inside a nested Sequential or functional model (which is copied too).
 
     When `source` is compiled, the new model is compiled with the same loss,
     metrics and optimizer class and configuration, and the optimizer's state

@@ -12,7 +12,7 @@ left by a crash is cleaned like theirs.
 import os
 import tempfile
 
-from keras_incremental.files import partial_prefix
+from keras_incremental.saving.files import partial_prefix
 
 
 def check_destination(path, argument, folder=False):
