@@ -16,7 +16,7 @@ from helpers import data
 import keras_incremental as ki
 from keras_incremental import compat
 from keras_incremental.callbacks import stage_variables
-from keras_incremental.callbacks.incremental_model import AUTO_CAPACITY
+from keras_incremental.callbacks.capacity import AUTO_CAPACITY
 from keras_incremental.models.growth import find_head
 
 JAX = keras.backend.backend() == "jax"

@@ -548,22 +548,22 @@ def test_save_checkpoint_elsewhere_and_errors(tmp_path):
 
 @pytest.mark.backend_independent
 def test_a_failed_export_is_done_before_the_next_stage(tmp_path, monkeypatch):
-    from keras_incremental.callbacks import incremental_model
+    from keras_incremental.callbacks import serving_exports
     from keras_incremental.saving.serving import exported_versions
 
     exports = tmp_path / "exports"
     model, inc = _run(tmp_path / "stages.keras", export_dir=str(exports))
-    real = incremental_model.export_for_serving
+    real = serving_exports.export_for_serving
 
     def killed(*args, **kwargs):
         raise OSError("export killed")
 
-    monkeypatch.setattr(incremental_model, "export_for_serving", killed)
+    monkeypatch.setattr(serving_exports, "export_for_serving", killed)
     xs, ys = inc.prepare(*_stage_data(["c"], 3))
     with pytest.raises(OSError, match="export killed"):
         model.fit(xs, ys, epochs=1, verbose=0, callbacks=[inc])
     assert inc.stage_ == 2  # the checkpoint was written: the stage counts
-    monkeypatch.setattr(incremental_model, "export_for_serving", real)
+    monkeypatch.setattr(serving_exports, "export_for_serving", real)
     probe = xs[:4]
     expected = model.predict(probe, verbose=0)
     xs, ys = inc.prepare(*_stage_data(["d"], 4))

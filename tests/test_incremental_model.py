@@ -452,9 +452,17 @@ def test_bad_options(digits, tmp_path):
         inc.prepare(np.zeros((2, 64)), [5, 6])
     assert inc.classes_ == classes
     inc.freeze = None
-    inc.learning_rates = {"body": 0.0}
+    # Options are checked when set: a bad one is refused there, and the run
+    # keeps the one it had.
+    with pytest.raises(ValueError, match="> 0"):
+        inc.learning_rates = {"body": 0.0}
+    assert inc.learning_rates is None
+    # One changed in place is checked when the next stage is prepared.
+    inc.learning_rates = {"body": 0.5}
+    inc.learning_rates["body"] = 0.0
     with pytest.raises(ValueError, match="> 0"):
         inc.prepare(np.zeros((2, 64)), [5, 6])
+    inc.learning_rates = None
     with pytest.raises(ValueError, match="> 0"):
         ki.IncrementalModel(learning_rates={"body": -1})
     with pytest.raises(ValueError, match="ending in '.keras'"):

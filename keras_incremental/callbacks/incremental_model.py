@@ -1,8 +1,17 @@
+"""`IncrementalModel`: the stage lifecycle of class-incremental training.
+
+The callback runs the lifecycle and holds the run together; the work lives
+in named parts with explicit inputs and outputs: `RunOptions` (checked
+options), `RunState` (the records a checkpoint holds), `prepare_stage` (the
+stage's data), `Teacher`, `StageFunctions` (the compiled-function cache),
+`LayerTraining` (freezing and learning rates), `capacity`, `evaluation`
+(records, metrics, report) and `serving_exports`. See
+`docs/architecture.md`.
+"""
+
 import copy
 import dataclasses
 import functools
-import numbers
-import os
 import uuid
 import warnings
 
@@ -10,13 +19,20 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
-from keras_incremental import metrics
 from keras_incremental import strategies
+from keras_incremental.callbacks import capacity as capacities
+from keras_incremental.callbacks import evaluation
 from keras_incremental.callbacks import stage_loss
 from keras_incremental.callbacks import stage_variables
+from keras_incremental.callbacks.layer_training import LayerTraining
+from keras_incremental.callbacks.options import Option
+from keras_incremental.callbacks.options import RunOptions
+from keras_incremental.callbacks.serving_exports import export_stage
+from keras_incremental.callbacks.step_functions import StageFunctions
+from keras_incremental.callbacks.teacher import Teacher
 from keras_incremental.data import stage_data
 from keras_incremental.data.labels import LabelEncoder
-from keras_incremental.data.targets import has_sparse_loss
+from keras_incremental.data.preparation import prepare_stage
 from keras_incremental.data.targets import label_format
 from keras_incremental.memory import ExemplarMemory
 from keras_incremental.models.adoption import adopt_model
@@ -25,30 +41,25 @@ from keras_incremental.models.freezing import layers_to_freeze
 from keras_incremental.models.growth import expand
 from keras_incremental.models.growth import find_head
 from keras_incremental.models.growth import resize_lazy_metrics
-from keras_incremental.models.growth import traced_variables
 from keras_incremental.models.limits import check_growable_head
-from keras_incremental.models.limits import spare_capacity_problem
-from keras_incremental.optimizers.learning_rates import base_learning_rate
 from keras_incremental.optimizers.learning_rates import check_learning_rates
-from keras_incremental.optimizers.learning_rates import leaf_optimizers
-from keras_incremental.optimizers.learning_rates import multiplier_optimizer
 from keras_incremental.optimizers.learning_rates import plan_groups
-from keras_incremental.optimizers.learning_rates import rebuild_optimizer
-from keras_incremental.optimizers.learning_rates import update_multipliers
-from keras_incremental.optimizers.multiplier_optimizer import (
-    MultiplierOptimizer,
-)
 from keras_incremental.saving import checkpoint as checkpoints
 from keras_incremental.saving.destinations import check_destination
-from keras_incremental.saving.serving import export_for_serving
-from keras_incremental.saving.serving import exported_versions
+from keras_incremental.saving.run_state import RunState
 from keras_incremental.strategies import StageContext
 from keras_incremental.strategies.features import feature_extractor
 from keras_incremental.strategies.features import outputs
-from keras_incremental.utils.checks import check_unit_count
 
-# The spare capacity `capacity="auto"` allocates at least, on JAX.
-AUTO_CAPACITY = 16
+
+@dataclasses.dataclass(frozen=True)
+class FinishedStage:
+    """A stage's results computed aside, before the run commits them: its
+    records (`state`), the memory updated on a copy, the strategy's state."""
+
+    state: RunState
+    memory: ExemplarMemory
+    arrays: dict
 
 
 class IncrementalModel(keras.callbacks.Callback):
@@ -141,6 +152,18 @@ class IncrementalModel(keras.callbacks.Callback):
     ```
     """
 
+    strategy = Option()
+    memory_size = Option()
+    checkpoint = Option()
+    head = Option()
+    freeze = Option()
+    learning_rates = Option()
+    seed = Option()
+    evaluation = Option()
+    report = Option()
+    export_dir = Option()
+    capacity = Option()
+
     def __init__(
         self,
         model=None,
@@ -157,64 +180,38 @@ class IncrementalModel(keras.callbacks.Callback):
         capacity="auto",
     ):
         super().__init__()
-        self.strategy = strategies.get(strategy)
-        self.capacity = _check_capacity(capacity)
-        self.memory_size = check_unit_count(memory_size, "memory_size", 0)
-        if checkpoint is not None:
-            checkpoint = checkpoints.check_checkpoint_path(checkpoint)
-        self.checkpoint = checkpoint
-        if head is not None and not isinstance(head, str):
-            raise TypeError(
-                "Expected `head` to be a layer name or None. "
-                f"Received: head={head!r}"
-            )
-        self.head = head
-        check_freeze_spec(freeze)
-        self.freeze = freeze
-        check_learning_rates(learning_rates)
-        self.learning_rates = learning_rates
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"Expected an integer seed. Received: {seed!r}")
-        if not 0 <= seed < 2**63:
-            raise ValueError(
-                "Expected `seed` to be an integer in [0, 2**63) (NumPy's "
-                f"random generators take no other). Received: seed={seed}"
-            )
-        self.seed = int(seed)
-        self.evaluation = _check_evaluation(evaluation)
-        self.report = _check_path(report, "report", ".json")
-        self.export_dir = _check_path(export_dir, "export_dir")
-        self.history_ = []
-        self.stage_classes_ = []
+        self.options = RunOptions(
+            strategy=strategy,
+            memory_size=memory_size,
+            checkpoint=checkpoint,
+            head=head,
+            freeze=freeze,
+            learning_rates=learning_rates,
+            seed=seed,
+            evaluation=evaluation,
+            report=report,
+            export_dir=export_dir,
+            capacity=capacity,
+        )
+        # The finished stages' records, replaced whole when one commits.
+        self._records = RunState(run=uuid.uuid4().hex)
         self.encoder = LabelEncoder()
         self.memory = ExemplarMemory(
-            self.memory_size,
-            selection=self.strategy.selection or "random",
-            seed=self.seed,
+            self.memory_size, selection=self._selection(), seed=self.seed
         )
-        self.stage_ = 0
-        self._context = None
-        self._prepared = None
+        self._prepared = None  # what `prepare` made for the coming stage
+        self._context = None  # the `StageContext` of the stage training
+        self._new_classes = []  # the classes the training stage brings
         self._end_deferred = False
-        self._frozen = []
-        self._groups = None
-        self._teacher = None
-        # The train and test functions of the last stage, with what they
-        # were traced against: the next stage reuses them when that is
-        # unchanged, rather than paying for a retrace.
-        self._stage_functions = None
-        self._trace_key = None
         self._adopted_stage = None
-        # The run's id, recorded in its serving exports, and the last stage
-        # exported: a stage whose export failed is exported before the next
-        # one trains.
-        self._run = uuid.uuid4().hex
-        self._exported = 0
-        # A finished stage whose checkpoint could not be written, with the
-        # strategy's state after it (see `save_checkpoint`).
+        self._teacher = Teacher(self.head)
+        self._functions = StageFunctions()
+        self._training = LayerTraining()
+        # A finished stage whose checkpoint could not be written (see
+        # `save_checkpoint`).
         self._unsaved = None
         if model is not None:
-            check_growable_head(model, head)
+            check_growable_head(model, self.head)
             self.set_model(model)
 
     @property
@@ -222,11 +219,32 @@ class IncrementalModel(keras.callbacks.Callback):
         """The class names learned so far; index `i` is output unit `i`."""
         return list(self.encoder.classes_)
 
+    @property
+    def stage_(self):
+        """The number of finished stages."""
+        return self._records.stage
+
+    @property
+    def history_(self):
+        """One record per finished stage (its classes, its accuracies)."""
+        return list(self._records.history)
+
+    @property
+    def stage_classes_(self):
+        """The class indices each finished stage brought."""
+        return [list(g) for g in self._records.stage_classes]
+
     def _known_model(self):
         try:
             return self.model
         except AttributeError:
             return None
+
+    def _head(self, model=None):
+        return find_head(self.model if model is None else model, self.head)
+
+    def _selection(self):
+        return self.strategy.selection or "random"
 
     def prepare(self, x, y=None):
         """Learns a stage's new classes and returns `(x, y)` for `model.fit`.
@@ -264,72 +282,25 @@ class IncrementalModel(keras.callbacks.Callback):
         if model is not None:
             self._check_options(model)
         encoder = self._encoder_before_prepare()
-        spec = functools.partial(self._target_spec, encoder)
-        replay = self.strategy.replay
-        if stage_data.is_dataset(x):
-            if self.strategy.needs_arrays:
-                raise ValueError(
-                    f"The strategy {self.strategy.name!r} needs the stage as "
-                    "NumPy arrays in `prepare` (to replay stored logits or "
-                    "estimate weight importances). Received a "
-                    "`tf.data.Dataset`; pass arrays or pick another strategy."
-                )
-            if y is not None:
-                raise ValueError(
-                    "With a `tf.data.Dataset`, labels come from its (x, y) "
-                    "elements; expected `y=None`. Received a `y` as well."
-                )
-            element = x.element_spec[0]
-            if replay:
-                stage_data.check_samples(
-                    element.shape,
-                    element.dtype.as_numpy_dtype,
-                    self.memory,
-                    dataset=True,
-                )
-            prepared, stage = stage_data.prepare_dataset(
-                x,
-                encoder,
-                self.memory,
-                replay,
-                spec,
-                seed=self.seed + self.stage_,
-            )
-            self.encoder, self._prepared = encoder, stage
-            self._announce_width(model, encoder)
-            return prepared, None
-        x, labels = stage_data.check_arrays(x, y)
-        # Targets packed with stored logits need the stage's loss to unpack
-        # them, and `fit` may build its loss on them first (JAX, PyTorch):
-        # packed only when the model is known, so that it reads them, or
-        # when there are logits to replay.
-        packed = self.strategy.needs_logits and (
-            model is not None or self.memory.logits_ is not None
-        )
-        if replay:
-            stage_data.check_samples(x.shape[1:], x.dtype, self.memory)
-        fit_data, stage = stage_data.prepare_arrays(
+        fit_data, prepared, packed = prepare_stage(
             x,
-            labels,
+            y,
             encoder,
             self.memory,
-            replay,
-            packed,
-            spec,
-            np.random.default_rng([self.seed, self.stage_]),
+            self.strategy,
+            functools.partial(target_spec, model, self.head, encoder),
+            model_known=model is not None,
+            seed=self.seed,
+            stage=self.stage_,
         )
-        self.encoder, self._prepared = encoder, stage
-        self._announce_width(model, encoder)
-        if packed and model is not None:
-            stage_loss.unpack_targets(model)
-        return fit_data
-
-    def _announce_width(self, model, encoder):
-        """Tells the head the width it will have once the prepared stage
-        starts: `fit` may build the loss and metrics on it before the
-        callback grows the head (see `ExpandableDense._placeholder`)."""
+        self.encoder, self._prepared = encoder, prepared
         if model is not None:
-            find_head(model, self.head)._next_units = len(encoder)
+            # `fit` may build the loss and metrics on the head's output
+            # before the callback grows it.
+            self._head(model).announce_units(len(encoder))
+            if packed:
+                stage_loss.unpack_targets(model)
+        return fit_data
 
     def _encoder_before_prepare(self):
         """A copy of the encoder to learn the stage's classes in: the run's
@@ -341,7 +312,7 @@ class IncrementalModel(keras.callbacks.Callback):
             keep = self._prepared.known
             model = self._known_model()
             if model is not None:
-                keep = max(keep, find_head(model, self.head).units)
+                keep = max(keep, self._head(model).units)
             classes = classes[:keep]
         return LabelEncoder(classes or None)
 
@@ -376,7 +347,8 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         ```
         """
-        return stage_data.encode(y, self.encoder, self._target_spec())
+        spec = target_spec(self._known_model(), self.head, self.encoder)
+        return stage_data.encode(y, self.encoder, spec)
 
     def class_weight(self, weights):
         """A dict keyed by class name as the dict keyed by index for `fit`.
@@ -441,10 +413,10 @@ class IncrementalModel(keras.callbacks.Callback):
         """
         # Only classes of finished stages: a second `prepare` may take a
         # pending one's index back and give it to another class.
-        committed = LabelEncoder(self._committed_classes() or None)
+        committed = LabelEncoder(list(self._records.classes) or None)
         x, indices = stage_data.check_remember(x, y, committed, self.memory)
         embed, predict = self._memory_functions()
-        self.memory.selection = self.strategy.selection or "random"
+        self.memory.selection = self._selection()
         self.memory.update(x, indices, embed=embed, predict=predict)
         return len(self.memory)
 
@@ -452,35 +424,28 @@ class IncrementalModel(keras.callbacks.Callback):
         """Maps class indices (e.g. `predict(x).argmax(-1)`) to class names."""
         return self.encoder.inverse_transform(np.asarray(indices))
 
-    def _target_spec(self, encoder=None):
-        """The label format the compiled loss wants, and the one-hot width."""
-        encoder = self.encoder if encoder is None else encoder
-        model = self._known_model()
-        fmt = label_format(model) if model is not None else "sparse"
-        width = len(encoder)
-        if model is not None:
-            width = max(width, find_head(model, self.head).units)
-        return stage_data.TargetSpec(fmt, width)
-
     def _check_options(self, model):
+        """The checks of the options against the model (their own values
+        were checked when set)."""
+        # A dict or list changed in place was not checked when set.
         check_freeze_spec(self.freeze)
         check_learning_rates(self.learning_rates)
         check_growable_head(model, self.head)
-        head = find_head(model, self.head)
+        head = self._head(model)
         layers_to_freeze(model, head, self.freeze)
         if self.learning_rates:
             plan_groups(model, self.learning_rates)
         if self.capacity not in (None, "auto"):
-            _check_capacity_fits(model, head, self.capacity)
+            capacities.check_capacity_fits(model, head, self.capacity)
 
     def _check_saved(self):
         """Refuses a new stage while the last one's checkpoint is unwritten."""
         if self._unsaved is not None:
             raise ValueError(
-                f"Stage {self._unsaved[0].stage} finished but its checkpoint "
-                f"could not be written to '{self.checkpoint}'; expected "
-                "`inc.save_checkpoint()` (once the cause is fixed) or "
-                "`inc.save_checkpoint(path)` before the next stage. Its "
+                f"Stage {self._unsaved.state.stage} finished but its "
+                f"checkpoint could not be written to '{self.checkpoint}'; "
+                "expected `inc.save_checkpoint()` (once the cause is fixed) "
+                "or `inc.save_checkpoint(path)` before the next stage. Its "
                 "training is kept. Nothing was changed."
             )
 
@@ -495,6 +460,26 @@ class IncrementalModel(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
+        self._check_stage_can_start(model)
+        self._export_missed_stage(model)
+        # The stage's end comes after every callback's `on_train_end`, so
+        # that one restoring weights (EarlyStopping) acts first.
+        self._end_deferred = compat.run_after_train_end(
+            self, self._finish_stage
+        )
+        self._clear_failed_stage(model)
+        head = self._head(model)
+        old_units = head.units
+        self._prepare_head(model, head)
+        teacher = self._refresh_teacher(model)
+        self._build_optimizer(model, head)
+        self._grow_head(model, head)
+        self._training.apply(model, head, self.freeze, self.learning_rates)
+        self._context = self._stage_context(model, head, old_units, teacher)
+        self.strategy.begin_stage(self._context)
+        self._install_stage_step(model, head, teacher)
+
+    def _check_stage_can_start(self, model):
         self._check_saved()
         self._check_options(model)
         if self._prepared is None:
@@ -507,72 +492,81 @@ class IncrementalModel(keras.callbacks.Callback):
                 "changed."
             )
         self._check_destinations()
+
+    def _export_missed_stage(self, model):
+        """The last stage's export failed or was killed: its model is still
+        the one here, until this stage trains."""
         if (
             self.export_dir is not None
-            and self._exported < self.stage_
+            and self._records.exported < self.stage_
             and self._head_is_committed(model)
         ):
-            # The last stage's export failed or was killed: its model is
-            # still the one here, until this stage trains.
             self.export()
-        # The stage's end comes after every callback's `on_train_end`, so
-        # that one restoring weights (EarlyStopping) acts first.
-        self._end_deferred = compat.run_after_train_end(
-            self, self._finish_stage
-        )
-        # A `fit` that failed never reached `on_train_end`: drop what its
-        # stage installed before this one starts.
+
+    def _clear_failed_stage(self, model):
+        """A `fit` that failed never reached `on_train_end`: drops what its
+        stage installed before this one starts."""
         stage_loss.remove_loss(model)
         stage_variables.drop(model)
         self._context = None
-        head = find_head(model, self.head)
-        missing = len(self.encoder.classes_) - head.units
-        if missing > 0:
-            # Before the teacher is copied, so that it has the same layout.
-            self._reserve(model, head)
+
+    def _prepare_head(self, model, head):
+        """Capacity, free width and the adopt hook, before the teacher is
+        copied, so that it has the same layout."""
+        if len(self.encoder.classes_) > head.units:
+            capacities.reserve(
+                model, head, self.capacity, len(self.encoder.classes_)
+            )
         # The stage's functions see the head's width as free, so that they
         # stay valid when it grows in place next stage; unless a compiled
         # metric still to be built might size itself from it.
-        head._free_width = compat.compiled_metrics_allow_free_width(model)
-        old_units = head.units
+        head.free_width = compat.compiled_metrics_allow_free_width(model)
         if self._adopted(head):
             self._adopt(model, head)
-        teacher = None
-        if self.strategy.needs_teacher:
-            # At the first stage too, with no class yet: its outputs are
-            # empty, and the stage's train function then serves later ones.
-            teacher = self._refresh_teacher(model)
+
+    def _refresh_teacher(self, model):
+        # At the first stage too, with no class yet: its outputs are empty,
+        # and the stage's train function then serves later ones.
+        if not self.strategy.needs_teacher:
+            return None
+        return self._teacher.refresh(model)
+
+    def _build_optimizer(self, model, head):
+        """Built now, not in the first traced step: its slots for the head
+        then grow with it, in place, before anything is traced."""
         optimizer = model.optimizer
         if optimizer is not None and not optimizer.built:
-            # Built now, not in the first traced step: its slots for the
-            # head then grow with it, in place, before anything is traced.
             with compat.variable_scope_of(head.kernel):
                 optimizer.build(model.trainable_variables)
+
+    def _grow_head(self, model, head):
+        missing = len(self.encoder.classes_) - head.units
         if missing > 0:
             expand(model, missing, layer=head)
         # The classes no earlier finished stage brought (also those a failed
         # `fit` of this stage already grew the head for).
-        recorded = {i for group in self.stage_classes_ for i in group}
+        recorded = {i for group in self._records.stage_classes for i in group}
         self._new_classes = [i for i in range(head.units) if i not in recorded]
-        self._apply_freezing(model, head)
-        self._apply_learning_rates(model)
+
+    def _stage_context(self, model, head, old_units, teacher):
         prepared = self._prepared
         samples = prepared.samples
-        self._context = StageContext(
+        return StageContext(
             model=model,
             head=head,
             stage=self.stage_,
             old_units=old_units,
             teacher=teacher,
-            teacher_head=None
-            if teacher is None
-            else find_head(teacher, self.head),
+            teacher_head=None if teacher is None else self._head(teacher),
             memory=self.memory,
             data=samples if isinstance(samples, tuple) else None,
             replayed=prepared.replayed,
             labels=prepared.labels,
         )
-        self.strategy.begin_stage(self._context)
+
+    def _install_stage_step(self, model, head, teacher):
+        """The strategy's loss and variables in the train step, the metrics
+        sized, and the step functions reused or remade."""
         stage_loss.install_loss(model, self.strategy, self._context)
         stage_variables.carry(
             model,
@@ -582,39 +576,15 @@ class IncrementalModel(keras.callbacks.Callback):
         # Metrics that size themselves inside the first traced step would
         # see the free width: size them now.
         resize_lazy_metrics(model, head)
-        self._use_stage_functions(model, head, teacher)
-
-    def _reserve(self, model, head):
-        """Allocates the head's spare capacity (the `capacity` option), or
-        the doubling that the stage's classes need: before the teacher is
-        copied, so that its head has the student's layout."""
-        classes = len(self.encoder.classes_)
-        if head.capacity is not None:
-            needed = head.storage_width(classes)
-            if head.built and head.kernel.shape[-1] < needed:
-                expand(model, 0, layer=head, capacity=needed)
-            return
-        capacity = self.capacity
-        if capacity == "auto":
-            if (
-                keras.backend.backend() != "jax"
-                or not has_sparse_loss(model)
-                or spare_capacity_problem(model, head) is not None
-            ):
-                # Not needed (TensorFlow grows in place, PyTorch compiles
-                # nothing), or the masked columns would not stay masked.
-                return
-            capacity = max(AUTO_CAPACITY, 2 * classes)
-        if capacity is None:
-            return
-        expand(model, 0, layer=head, capacity=max(capacity, classes))
+        self._functions.use(model, head, self._context, self.strategy, teacher)
 
     def _adopted(self, head):
         """Whether this stage is the first on an adopted head: units that
         no stage of this run trained (`adopt` marks its history entry)."""
         if head.units == 0 or self._adopted_stage == self.stage_:
             return False
-        return bool(self.history_ and self.history_[-1].get("adopted"))
+        history = self._records.history
+        return bool(history and history[-1].get("adopted"))
 
     def _adopt(self, model, head):
         """Runs the strategy's `adopt` hook, once, before the teacher."""
@@ -637,212 +607,109 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         self._adopted_stage = self.stage_
 
-    def _refresh_teacher(self, model):
-        """The teacher: the model as it is now, frozen, outside the model.
-
-        One copy serves the whole run: it grows with the model and takes its
-        weights at each stage, in place, so the stage's train function can
-        be reused. A new copy is made when the model's layout changed.
-        """
-        teacher = self._teacher
-        if teacher is not None:
-            teacher_head = find_head(teacher, self.head)
-            missing = find_head(model, self.head).units - teacher_head.units
-            if missing >= 0:
-                teacher_head.expand(missing)
-            weights = model.get_weights()
-            if [w.shape for w in weights] != [
-                tuple(v.shape) for v in teacher.weights
-            ]:
-                teacher = None
-            else:
-                teacher.set_weights(weights)
-        if teacher is None:
-            teacher = stage_loss.frozen_copy(model)
-            teacher_head = find_head(teacher, self.head)
-            teacher_head._free_width = True
-            teacher_head._masked_in_inference = True
-        self._teacher = teacher
-        return teacher
-
-    def _stage_key(self, model, head, teacher):
-        """What the stage's train function is traced against."""
-        return (
-            self.strategy.trace_signature(self._context),
-            head._free_width,
-            compat.compile_identity(model),
-            compat.backend_variable_ids(model.trainable_variables),
-            traced_variables(model),
-            compat.backend_variable_ids(teacher.weights) if teacher else (),
-            # A spare capacity's mask is as wide as the allocation was when
-            # traced (grown in place on TensorFlow, the same variables may
-            # be wider since).
-            tuple(head.kernel.shape) if head.capacity is not None else None,
-        )
-
-    def _use_stage_functions(self, model, head, teacher):
-        """Reuses the last stage's train and test functions where they are
-        still valid, and has them made anew otherwise."""
-        key = self._stage_key(model, head, teacher)
-        if self._stage_functions is not None and key == self._trace_key:
-            if head.capacity is None:
-                model.train_function, model.test_function = (
-                    self._stage_functions
-                )
-            else:
-                # The test function gives the outputs of `units` columns,
-                # which it took as they were when traced.
-                compat.remake_compiled_functions(model)
-                model.train_function = self._stage_functions[0]
-            return
-        self._stage_functions = None
-        compat.remake_compiled_functions(model)
-
-    def _apply_freezing(self, model, head):
-        frozen = layers_to_freeze(model, head, self.freeze)
-        for layer in self._frozen:
-            if layer not in frozen:
-                layer.trainable = True
-        for layer in frozen:
-            layer.trainable = False
-        self._frozen = frozen
-        optimizer = model.optimizer
-        if optimizer is not None and optimizer.built:
-            unknown = [
-                v
-                for v in model.trainable_variables
-                if not any(
-                    compat.optimizer_knows(o, v)
-                    for o in leaf_optimizers(optimizer)
-                )
-            ]
-            # JAX and PyTorch apply an optimizer to exactly the variables it
-            # was built on: a smaller trainable set needs a rebuild too
-            # (the frozen variables' slots then start afresh when they are
-            # unfrozen). TensorFlow applies it to any subset.
-            shrunk = keras.backend.backend() != "tensorflow" and len(
-                model.trainable_variables
-            ) != sum(
-                compat.optimizer_variable_count(o)
-                for o in leaf_optimizers(optimizer)
-            )
-            if unknown or shrunk:
-                # Rebuild it on the current trainable variables, with the
-                # state of the known ones kept.
-                clone = type(optimizer).from_config(optimizer.get_config())
-                rebuild_optimizer(model, clone)
-
-    def _apply_learning_rates(self, model):
-        if not self.learning_rates:
-            return
-        groups = plan_groups(model, self.learning_rates)
-        optimizer = model.optimizer
-        if not update_multipliers(optimizer, groups):
-            if isinstance(
-                optimizer, keras.optimizers.MultiOptimizer
-            ) and not isinstance(optimizer, MultiplierOptimizer):
-                # Saved before `MultiplierOptimizer`: no base rate of its own.
-                base = self._base_rate
-            else:
-                base = base_learning_rate(optimizer)
-            self._base_rate = base
-            rebuild_optimizer(
-                model, multiplier_optimizer(optimizer, base, groups)
-            )
-        self._groups = groups
-
     def on_train_end(self, logs=None):
         if not self._end_deferred:
             self._finish_stage()
 
     def _finish_stage(self):
-        """The stage's end: memory, records, checkpoint, report, export.
-
-        Runs after every callback's `on_train_end` (see `on_train_begin`),
-        so all of them see the weights the stage ends with.
-        """
+        """The stage's end, a transaction: the results are computed aside,
+        written to the checkpoint, then committed; the report and the
+        serving export follow. Runs after every callback's `on_train_end`
+        (see `on_train_begin`), so all of them see the final weights."""
         self._end_deferred = False
         model = self.model
-        # Kept for the next stage, with what they were traced against (the
-        # metric variables the first step made included); the model gets
-        # plain functions (traced with its width stated) in between.
-        head = find_head(model, self.head)
-        if self._context is not None:
-            self._trace_key = self._stage_key(
-                model, head, self._context.teacher
+        head = self._head(model)
+        context = self._context
+        if context is not None:
+            self._functions.keep(
+                model, head, context, self.strategy, context.teacher
             )
-            self._stage_functions = (model.train_function, model.test_function)
-        head._free_width = False
+        # The model gets plain functions (traced with its width stated) in
+        # between stages.
+        head.free_width = False
         stage_loss.remove_loss(model)
         stage_variables.drop(model)
         compat.remake_compiled_functions(model)
-        context = self._context
         before = self.strategy.get_state()
         try:
             if context is not None:
                 self.strategy.end_stage(context)
                 context.teacher = None
-            finished = self._finished(list(getattr(self, "_new_classes", [])))
+            finished = self._finished()
         except BaseException:
             # The run stays at the stage before; `fit` again to redo it.
             self.strategy.set_state(before)
             raise
         self._prepared = None
-        after = self.strategy.get_state()
         # The checkpoint first: a failing report or export must not cost
         # the stage. A failing checkpoint leaves the run as before the
         # stage, its result kept for `save_checkpoint`.
         if self.checkpoint is not None:
             try:
-                self._write_checkpoint(self.checkpoint, finished, after)
+                self._write_checkpoint(self.checkpoint, finished)
             except BaseException as error:
                 self.strategy.set_state(before)
-                self._unsaved = (finished, after)
+                self._unsaved = finished
                 error.add_note(
-                    f"keras_incremental: stage {finished.stage} trained, but "
-                    f"its checkpoint '{self.checkpoint}' was not written; the "
-                    "run stays at the stage before. Call "
+                    f"keras_incremental: stage {finished.state.stage} "
+                    f"trained, but its checkpoint '{self.checkpoint}' was not "
+                    "written; the run stays at the stage before. Call "
                     "`inc.save_checkpoint()` once the cause is fixed."
                 )
                 raise
         self._commit(finished)
-        self._publish()
 
-    def _finished(self, new_classes):
-        """The run's state after this stage, computed aside: the memory
-        updated on a copy, the stage's records added."""
+    def _finished(self):
+        """The run after this stage, computed aside: the memory updated on
+        a copy, the stage's records added."""
         memory = self._updated_memory()
-        stage_classes = [*self.stage_classes_, new_classes]
+        stage_classes = [*self.stage_classes_, list(self._new_classes)]
         entry = self._stage_record(stage_classes, memory)
-        return _FinishedStage(
-            stage=self.stage_ + 1,
-            history=[*self.history_, entry],
-            stage_classes=stage_classes,
-            memory=memory,
+        records = self._records
+        state = records.replace(
+            stage=records.stage + 1,
+            classes=tuple(self.encoder.classes_[: _count(stage_classes)]),
+            history=(*records.history, entry),
+            stage_classes=tuple(stage_classes),
         )
+        return FinishedStage(state, memory, self.strategy.get_state())
 
     def _commit(self, finished):
-        self.stage_ = finished.stage
-        self.history_ = finished.history
-        self.stage_classes_ = finished.stage_classes
+        """Makes `finished` the run's state, then writes its report and
+        serving export (a failure there does not cost the stage)."""
+        self._records = finished.state
         self.memory = finished.memory
-
-    def _publish(self):
-        """The report and the serving export of the stage just committed."""
         if self.report is not None:
-            self._write_report()
+            evaluation.write_report(
+                self.report,
+                self.strategy.name,
+                self.encoder.classes_,
+                self.history_,
+            )
         if self.export_dir is not None:
             self.export()
 
-    def _write_checkpoint(self, path, finished, arrays):
+    def _run_state(self, finished=None):
+        """The `RunState` a checkpoint holds: the records (of `finished`,
+        when given) with the options and learning-rate groups now."""
+        records = self._records if finished is None else finished.state
+        return records.replace(
+            settings=self.options.settings(),
+            evaluation=self.evaluation is not None,
+            freeze_callable=callable(self.freeze),
+            groups=self._training.groups,
+            base_rate=self._training.base_rate,
+        )
+
+    def _write_checkpoint(self, path, finished=None):
+        memory = self.memory if finished is None else finished.memory
+        arrays = self.strategy.get_state() if finished is None else None
         checkpoints.write_checkpoint(
             path,
             self.model,
-            self._state_of(finished),
-            (self.memory if finished is None else finished.memory)
-            if self.memory_size
-            else None,
-            arrays,
+            self._run_state(finished),
+            memory if self.memory_size else None,
+            finished.arrays if finished is not None else arrays,
         )
 
     def save_checkpoint(self, path=None):
@@ -897,39 +764,28 @@ class IncrementalModel(keras.callbacks.Callback):
         check_destination(path, "path")
         if self._unsaved is None:
             self._check_committed_width(model)
-            self._write_checkpoint(path, None, self.strategy.get_state())
+            self._write_checkpoint(path)
             return path
-        finished, after = self._unsaved
-        self._write_checkpoint(path, finished, after)
-        self.strategy.set_state(after)
+        finished = self._unsaved
+        self._write_checkpoint(path, finished)
+        self.strategy.set_state(finished.arrays)
         self._unsaved = None
         self._commit(finished)
-        self._publish()
         return path
-
-    def _committed_classes(self, finished=None):
-        groups = (
-            self.stage_classes_
-            if finished is None
-            else (finished.stage_classes)
-        )
-        return self.encoder.classes_[: sum(len(g) for g in groups)]
 
     def _head_is_committed(self, model):
         """Whether the head has a unit per class of the finished stages
         (not yet grown for a stage started and not finished)."""
-        head = find_head(model, self.head)
-        return head.units == len(self._committed_classes())
+        return self._head(model).units == len(self._records.classes)
 
     def _check_committed_width(self, model):
         if not self._head_is_committed(model):
-            head = find_head(model, self.head)
-            count = len(self._committed_classes())
+            head = self._head(model)
             raise ValueError(
                 f"The head '{head.name}' has {head.units} units but the run's "
-                f"finished stages know {count} classes: a stage was started "
-                "and not finished. Expected a call after a stage's `fit` "
-                "ended. Nothing was written."
+                f"finished stages know {len(self._records.classes)} classes: "
+                "a stage was started and not finished. Expected a call after "
+                "a stage's `fit` ended. Nothing was written."
             )
 
     def export(self, export_dir=None):
@@ -970,7 +826,6 @@ class IncrementalModel(keras.callbacks.Callback):
                 "No export folder: expected `export_dir` or a run made with "
                 "`export_dir=...`. Received: export_dir=None"
             )
-        export_dir = os.fspath(export_dir)
         model = self._known_model()
         if model is None or self.stage_ == 0:
             raise ValueError(
@@ -978,27 +833,16 @@ class IncrementalModel(keras.callbacks.Callback):
                 f"(`fit`, `adopt` or `restore`). Received: stage {self.stage_}"
             )
         self._check_committed_width(model)
-        path = None
-        if os.path.isdir(export_dir):
-            for version, metadata in sorted(
-                exported_versions(export_dir).items()
-            ):
-                if (
-                    isinstance(metadata, dict)
-                    and metadata.get("run") == self._run
-                    and metadata.get("stage") == self.stage_
-                ):
-                    path = os.path.join(export_dir, str(version))
-        if path is None:
-            path = export_for_serving(
-                model,
-                export_dir,
-                class_names=self._committed_classes(),
-                metadata={"run": self._run, "stage": self.stage_},
-            )
+        path = export_stage(
+            model,
+            export_dir,
+            list(self._records.classes),
+            self._records.run,
+            self.stage_,
+        )
         if export_dir == self.export_dir:
-            self._exported = self.stage_
-        return os.fspath(path)
+            self._records = self._records.replace(exported=self.stage_)
+        return path
 
     def predict(self, x, batch_size=None):
         """Class indices for `x`: the head's argmax, or the strategy's own
@@ -1028,7 +872,7 @@ class IncrementalModel(keras.callbacks.Callback):
         else:
             context = StageContext(
                 model=model,
-                head=find_head(model, self.head),
+                head=self._head(model),
                 stage=self.stage_,
                 old_units=0,
                 memory=memory,
@@ -1039,35 +883,12 @@ class IncrementalModel(keras.callbacks.Callback):
         return np.asarray(indices, dtype="int64")
 
     def _stage_record(self, stage_classes, memory=None):
-        """Accuracy on each stage's classes, for the accuracy matrix: the
-        history entry of the stage whose classes end `stage_classes`."""
-        entry = {
-            "stage": len(stage_classes) - 1,
-            "classes": [
-                _plain(self.encoder.classes_[i]) for i in stage_classes[-1]
-            ],
-        }
-        if self.evaluation is not None:
-            x_test, labels = self.evaluation
-            indices = stage_data.evaluation_indices(labels, self.encoder)
-            seen = indices >= 0
-            groups = [g for g in stage_classes if g]
-            if seen.any() and groups:
-                predicted = self._predict(x_test[seen], memory)
-                row, overall = metrics.stage_accuracies(
-                    indices[seen], predicted, groups
-                )
-                row = iter(row)
-                entry["row"] = [
-                    next(row) if g else float("nan") for g in stage_classes
-                ]
-                entry["accuracy"] = overall
-            else:
-                # No class of a stage in the test data yet: a row all the
-                # same, so that the accuracy matrix stays square.
-                entry["row"] = [float("nan")] * len(stage_classes)
-                entry["accuracy"] = float("nan")
-        return entry
+        return evaluation.stage_record(
+            self.encoder,
+            stage_classes,
+            self.evaluation,
+            functools.partial(self._predict, memory=memory),
+        )
 
     def metrics(self):
         """The run's continual metrics so far, from `evaluation` data.
@@ -1079,29 +900,7 @@ class IncrementalModel(keras.callbacks.Callback):
             `backward_transfer`, `stage_accuracy`; empty without
             evaluation data.
         """
-        rows = [h["row"] for h in self.history_ if "row" in h]
-        if not rows or len(rows) != len(self.history_):
-            return {}
-        overall = [h["accuracy"] for h in self.history_]
-        return metrics.summarize(metrics.accuracy_matrix(rows), overall)
-
-    def _write_report(self):
-        report = {
-            "strategy": self.strategy.name,
-            "classes": [_plain(c) for c in self.encoder.classes_],
-            **self.metrics(),
-            "history": self.history_,
-        }
-        metrics.write_report(report, self.report)
-        curve = [h["accuracy"] for h in self.history_ if "accuracy" in h]
-        if curve:
-            try:
-                metrics.plot_accuracy(
-                    {self.strategy.name: curve},
-                    os.path.splitext(self.report)[0] + ".png",
-                )
-            except ImportError:
-                pass  # matplotlib is an optional extra
+        return evaluation.summarize(self.history_)
 
     def _updated_memory(self):
         """The memory after this stage's samples, updated on a copy: the
@@ -1117,19 +916,17 @@ class IncrementalModel(keras.callbacks.Callback):
         # them: a shallow copy keeps the run's own memory as it was, without
         # a second copy of the exemplars.
         memory = copy.copy(self.memory)
-        memory.selection = self.strategy.selection or "random"
+        memory.selection = self._selection()
         memory.update(*samples, embed=embed, predict=predict)
         return memory
 
     def _memory_functions(self):
         """What the memory needs of the model: features for herding, logits
         for logit replay; `(embed, predict)`, each `None` when not needed."""
-        needed = self.strategy.selection == "herding" or (
-            self.strategy.needs_logits
-        )
-        model = self._known_model()
-        if not needed:
+        herding = self.strategy.selection == "herding"
+        if not herding and not self.strategy.needs_logits:
             return None, None
+        model = self._known_model()
         if model is None:
             raise ValueError(
                 f"The strategy {self.strategy.name!r} chooses or stores "
@@ -1137,8 +934,8 @@ class IncrementalModel(keras.callbacks.Callback):
                 "yet; expected `model=` in `IncrementalModel` (or `adopt`)."
             )
         embed = predict = None
-        if self.strategy.selection == "herding":
-            extractor = feature_extractor(model, find_head(model, self.head))
+        if herding:
+            extractor = feature_extractor(model, self._head(model))
             embed = functools.partial(outputs, extractor)
         if self.strategy.needs_logits:
             predict = functools.partial(outputs, model)
@@ -1150,40 +947,7 @@ class IncrementalModel(keras.callbacks.Callback):
         Output paths (checkpoint, report, serving export) are not part of
         it: a restored run writes where the caller of `restore` says.
         """
-        return self._state_of(None)
-
-    def _state_of(self, finished):
-        """The state of the run, or of it after `finished`, for a file."""
-        freeze = self.freeze if not callable(self.freeze) else None
-        if finished is None:
-            stage, history = self.stage_, self.history_
-            stage_classes = self.stage_classes_
-        else:
-            stage, history = finished.stage, finished.history
-            stage_classes = finished.stage_classes
-        classes = self._committed_classes(finished)
-        return {
-            "stage": stage,
-            "run": self._run,
-            "encoder": LabelEncoder(classes or None).to_config(),
-            "settings": {
-                "strategy": strategies.serialize(self.strategy),
-                "memory_size": self.memory_size,
-                "head": self.head,
-                "freeze": list(freeze) if isinstance(freeze, tuple) else freeze,
-                "learning_rates": self.learning_rates,
-                "seed": self.seed,
-            },
-            "evaluation": self.evaluation is not None,
-            "freeze_callable": callable(self.freeze),
-            "exported": self._exported,
-            "history": history,
-            "stage_classes": stage_classes,
-            "groups": None
-            if self._groups is None
-            else {str(m): p for m, p in self._groups.items()},
-            "base_rate": getattr(self, "_base_rate", None),
-        }
+        return self._run_state().to_json()
 
     @classmethod
     def adopt(cls, source, classes, head=None, **options):
@@ -1254,15 +1018,19 @@ class IncrementalModel(keras.callbacks.Callback):
         )
         inc = cls(model=model, head=head_name, **options)
         inc.encoder = encoder
-        inc.stage_classes_ = [list(range(len(encoder)))]
-        entry = inc._stage_record(inc.stage_classes_)
+        stage_classes = [list(range(len(encoder)))]
+        entry = inc._stage_record(stage_classes)
         # Its units were trained elsewhere: the strategy's `adopt` hook runs
-        # before the next stage (see `_adopted`).
+        # before the next stage (see `_adopted`). The source is the user's
+        # own model: not a stage to export.
         entry["adopted"] = True
-        inc.history_ = [entry]
-        inc.stage_ = 1
-        # The source is the user's own model: not a stage to export.
-        inc._exported = 1
+        inc._records = inc._records.replace(
+            stage=1,
+            classes=tuple(encoder.classes_),
+            history=(entry,),
+            stage_classes=tuple(stage_classes),
+            exported=1,
+        )
         return model, inc
 
     @classmethod
@@ -1325,37 +1093,21 @@ class IncrementalModel(keras.callbacks.Callback):
             path, ExemplarMemory
         )
         path = checkpoints.check_checkpoint_path(path)
-        settings = dict(state["settings"])
-        saved_parts = [p["class"] for p in settings["strategy"]["parts"]]
-        if strategy is None:
-            try:
-                strategy = strategies.deserialize(settings["strategy"])
-            except TypeError as error:
-                raise ValueError(
-                    f"Checkpoint '{path}' is not valid: its strategy cannot be "
-                    f"rebuilt ({error}); pass `strategy=` to `restore`."
-                ) from error
-        strategy = strategies.get(strategy)
-        # What the saved strategy learned (EWC's importances) goes on with a
-        # strategy of the same parts, whatever their settings.
-        same_parts = [type(p).__name__ for p in strategy.parts] == saved_parts
-        if arrays and not same_parts:
-            warnings.warn(
-                f"The strategy saved in '{path}' ({saved_parts}) learned "
-                f"state that {strategy.name!r} cannot take; it is dropped.",
-                stacklevel=2,
-            )
+        settings = dict(state.settings)
+        strategy, same_parts = _restored_strategy(
+            path, settings["strategy"], strategy, bool(arrays)
+        )
         settings["strategy"] = strategy
         if freeze is not None:
             settings["freeze"] = freeze
-        elif state["freeze_callable"]:
+        elif state.freeze_callable:
             warnings.warn(
                 f"The run saved in '{path}' froze layers with a callable, "
                 "which a checkpoint cannot hold; the next stages train every "
                 "layer unless you pass `freeze=` to `restore`.",
                 stacklevel=2,
             )
-        if evaluation is None and state["evaluation"]:
+        if evaluation is None and state.evaluation:
             warnings.warn(
                 f"The run saved in '{path}' had `evaluation` data, which a "
                 "checkpoint does not hold; pass `evaluation=` to `restore` to "
@@ -1379,101 +1131,53 @@ class IncrementalModel(keras.callbacks.Callback):
                 raise ValueError(
                     f"Checkpoint '{path}' is not valid: {error}"
                 ) from error
-        inc.encoder = state["encoder"]
-        inc.stage_ = state["stage"]
-        inc.history_ = state["history"]
-        inc.stage_classes_ = state["stage_classes"]
-        if state["run"]:
-            inc._run = state["run"]
-        inc._exported = state["exported"] or 0
+        inc.encoder = LabelEncoder(list(state.classes) or None)
+        inc._records = state.replace(run=state.run or inc._records.run)
         if memory is not None:
             inc.memory = memory
-        if state["groups"] is not None:
-            inc._groups = state["groups"]
-            inc._base_rate = state["base_rate"]
-        head = find_head(model, inc.head)
-        inc._frozen = layers_to_freeze(model, head, inc.freeze)
+        if state.groups is not None:
+            inc._training = LayerTraining(state.groups, state.base_rate)
+        inc._training.frozen = layers_to_freeze(
+            model, inc._head(model), inc.freeze
+        )
         return model, inc
 
 
-@dataclasses.dataclass(frozen=True)
-class _FinishedStage:
-    """The run's records after a stage, before they are committed."""
-
-    stage: int
-    history: list
-    stage_classes: list
-    memory: ExemplarMemory
-
-
-def _plain(label):
-    """A label as a plain Python value (for JSON and dict lookups)."""
-    if isinstance(label, bytes):
-        return label.decode("utf-8")
-    return label.item() if isinstance(label, np.generic) else label
+def target_spec(model, head, encoder):
+    """The label format the compiled loss of `model` (or `None`: sparse)
+    wants, and the one-hot width: the classes of `encoder`, or the head's
+    units where it has more."""
+    fmt = label_format(model) if model is not None else "sparse"
+    width = len(encoder)
+    if model is not None:
+        width = max(width, find_head(model, head).units)
+    return stage_data.TargetSpec(fmt, width)
 
 
-def _check_capacity_fits(model, head, capacity):
-    """Raises unless a head with spare capacity trains exactly in
-    `model` (see `ExpandableDense`)."""
-    if label_format(model) != "sparse":
-        problem = (
-            f"the loss {model.loss!r} takes one-hot targets, which would need "
-            "the capacity's width; expected a sparse loss "
-            "(`SparseCategoricalCrossentropy`)"
+def _restored_strategy(path, saved, strategy, has_arrays):
+    """The strategy a restored run goes on with, and whether it has the
+    saved one's parts (then it takes the saved arrays)."""
+    saved_parts = [p["class"] for p in saved["parts"]]
+    if strategy is None:
+        try:
+            strategy = strategies.deserialize(saved)
+        except TypeError as error:
+            raise ValueError(
+                f"Checkpoint '{path}' is not valid: its strategy cannot be "
+                f"rebuilt ({error}); pass `strategy=` to `restore`."
+            ) from error
+    strategy = strategies.get(strategy)
+    # What the saved strategy learned (EWC's importances) goes on with a
+    # strategy of the same parts, whatever their settings.
+    same_parts = [type(p).__name__ for p in strategy.parts] == saved_parts
+    if has_arrays and not same_parts:
+        warnings.warn(
+            f"The strategy saved in '{path}' ({saved_parts}) learned "
+            f"state that {strategy.name!r} cannot take; it is dropped.",
+            stacklevel=3,
         )
-    else:
-        problem = spare_capacity_problem(model, head)
-    if problem is not None:
-        raise ValueError(
-            "A head with spare capacity gives all its columns in the train "
-            "step, the inactive ones masked; in this model they would not "
-            f"train exactly: {problem}. Received: capacity={capacity!r}. "
-            "Pass `capacity=None` (or fix the layout)."
-        )
+    return strategy, same_parts
 
 
-def _check_capacity(capacity):
-    if capacity is None or capacity == "auto":
-        return capacity
-    if isinstance(capacity, str):
-        raise ValueError(
-            "Received an invalid value for `capacity`, expected a positive "
-            f'integer, None or "auto". Received: capacity={capacity!r}'
-        )
-    return check_unit_count(capacity, "capacity", 1)
-
-
-def _check_evaluation(evaluation):
-    if evaluation is None:
-        return None
-    if not isinstance(evaluation, (tuple, list)) or len(evaluation) != 2:
-        raise ValueError(
-            "Expected `evaluation` to be a tuple `(x_test, y_test)`. "
-            f"Received: {type(evaluation).__name__}"
-        )
-    x = np.asarray(evaluation[0])
-    y = stage_data.normalize_labels(evaluation[1], "evaluation labels")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            "Expected `evaluation` as `(x_test, y_test)` with one label per "
-            f"sample. Received: x.shape={x.shape}, y.shape={y.shape}"
-        )
-    return x, y
-
-
-def _check_path(path, argument, suffix=None):
-    if path is None:
-        return None
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(
-            f"Expected `{argument}` to be a path or None. "
-            f"Received: {argument}={path!r}"
-        )
-    path = os.fspath(path)
-    if suffix is not None and not path.endswith(suffix):
-        raise ValueError(
-            f"Expected `{argument}` to end in '{suffix}'. "
-            f"Received: {argument}='{path}'"
-        )
-    return path
+def _count(groups):
+    return sum(len(g) for g in groups)

@@ -14,6 +14,13 @@ _ONEHOT_HELPER = "keras_incremental.data.labels.labels_from_onehot(y)"
 _PREVIEW = 10
 
 
+def plain_label(label):
+    """A class name as a plain Python value (for JSON and dict lookups)."""
+    if isinstance(label, bytes):
+        return label.decode("utf-8")
+    return label.item() if isinstance(label, np.generic) else label
+
+
 class LabelEncoder:
     """Append-only encoder between class names and class indices.
 

@@ -247,6 +247,53 @@ class ExpandableDense(keras.layers.Dense):
             variable.assign(value)
         self._active.assign(self.units)
 
+    def announce_units(self, units):
+        """Announces the width the head will have once the coming stage
+        starts.
+
+        `fit` may build its compiled loss and metrics on the head's output
+        before any callback grows the head (JAX, PyTorch, and TensorFlow
+        under a distribution strategy); until then a head with fewer units
+        gives a placeholder of the announced width there.
+
+        Args:
+            units: Non-negative integer, the coming width (the head gives
+                its own where that is more).
+
+        Raises:
+            TypeError: for a value that is not an integer.
+            ValueError: for a negative one.
+        """
+        units = check_unit_count(units, "units", 0)
+        self._next_units = units
+
+    @property
+    def free_width(self):
+        """Whether traced functions see the output width as free.
+
+        A function traced with the width free stays valid when the head
+        grows in place (no retrace); one traced with it stated must be
+        remade. `IncrementalModel` frees it for the functions of its stages,
+        which it keeps from stage to stage. Stated (`False`) by default:
+        some metrics (`F1Score`) size themselves from it inside the first
+        traced step.
+        """
+        return self._free_width
+
+    @free_width.setter
+    def free_width(self, value):
+        self._free_width = _check_flag(value, "free_width")
+
+    @property
+    def masked_in_inference(self):
+        """Whether a head with spare capacity gives its masked columns in
+        inference too (a teacher's head does), not only in training."""
+        return self._masked_in_inference
+
+    @masked_in_inference.setter
+    def masked_in_inference(self, value):
+        self._masked_in_inference = _check_flag(value, "masked_in_inference")
+
     def get_config(self):
         config = super().get_config()
         if self.capacity is not None:
@@ -511,3 +558,12 @@ def _grown_value(variable, initializer, units, grown_units, width):
         initializer, shape, units, variable.dtype
     )
     return value
+
+
+def _check_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"Received an invalid value for `{name}`, expected a bool. "
+            f"Received: {name}={value!r}"
+        )
+    return bool(value)

@@ -30,8 +30,7 @@ from keras_incremental.models.growth import find_head
 from keras_incremental.saving import safe_read
 from keras_incremental.saving.files import atomic_path
 from keras_incremental.saving.run_state import FORMAT_VERSION
-from keras_incremental.saving.run_state import check_state
-from keras_incremental.saving.run_state import state_to_json
+from keras_incremental.saving.run_state import RunState
 
 STATE_ENTRY = "keras_incremental/state.json"
 MEMORY_ENTRY = "keras_incremental/memory.h5"
@@ -74,14 +73,14 @@ def check_checkpoint_path(path, must_exist=False):
 
 
 def write_checkpoint(path, model, state, memory=None, arrays=None):
-    """Writes `model`, `state` (a JSON-able dict), `memory` and `arrays` (a
+    """Writes `model`, `state` (a `RunState`), `memory` and `arrays` (a
     dict of NumPy arrays by name: the strategy's learned state), atomically.
 
     The folder is made when missing.
     """
     path = check_checkpoint_path(path)
     text = json.dumps(
-        {"format": FORMAT_VERSION, **state_to_json(state)},
+        {"format": FORMAT_VERSION, **state.to_json()},
         indent=1,
         allow_nan=False,
     )
@@ -118,8 +117,8 @@ def read_checkpoint(path, memory_class):
 
     Returns:
         `(model, state, memory, arrays)`: the model (loaded with
-        `safe_mode`), the state as `checkpoint_state.check_state` returns
-        it, the memory (`None` when none was written) and the strategy's
+        `safe_mode`), the state (a `RunState`, checked), the memory
+        (`None` when none was written) and the strategy's
         arrays (a dict, empty when none).
 
     Raises:
@@ -139,7 +138,7 @@ def read_checkpoint(path, memory_class):
         data = safe_read.read_member(
             archive, STATE_ENTRY, path, MAX_STATE_BYTES
         )
-        state = check_state(_state_json(data, path), path)
+        state = RunState.from_json(_state_json(data, path), path)
         model = _load_model(path)
         head = _head(model, state, path)
         memory = None
@@ -148,10 +147,10 @@ def read_checkpoint(path, memory_class):
         arrays = {}
         if STRATEGY_ENTRY in names:
             arrays = _read_arrays(archive, path, model)
-    if len(state["encoder"]) != head.units:
+    if len(state.classes) != head.units:
         raise ValueError(
             f"Checkpoint '{path}' is not valid: its state names "
-            f"{len(state['encoder'])} classes but the head '{head.name}' has "
+            f"{len(state.classes)} classes but the head '{head.name}' has "
             f"{head.units} units; expected one unit per class. Nothing was "
             "changed."
         )
@@ -201,7 +200,7 @@ def _load_model(path):
 
 def _head(model, state, path):
     try:
-        return find_head(model, state["settings"]["head"])
+        return find_head(model, state.settings["head"])
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"Checkpoint '{path}' is not valid: its model has no head to "
@@ -217,9 +216,9 @@ def _sample_shape(model):
 
 
 def _read_memory(archive, path, memory_class, model, state):
-    budget = state["settings"]["memory_size"]
+    budget = state.settings["memory_size"]
     sample = _sample_shape(model)
-    units = len(state["encoder"])
+    units = len(state.classes)
     values = MAX_FREE_SAMPLE_ELEMENTS if sample is None else math.prod(sample)
     row_bytes = 8 * values + 12 * units + 16
     data = safe_read.read_member(

@@ -1,6 +1,10 @@
-"""The run's state inside a checkpoint (`state.json`): written and checked.
+"""The run's state: one value, one schema, written, checked and read back.
 
-A checkpoint may come from someone else, so `check_state` reads its state as
+`RunState` is what an `IncrementalModel` has learned of its run apart from
+the model and the memory: the finished stages, their classes and records.
+The checkpoint's `state.json` is `RunState.to_json()`, and
+`RunState.from_json` reads it back. A checkpoint may come from someone else,
+so `from_json` reads its state as
 untrusted data: every key, type and range is checked, and patterns are
 compiled with bounded matching time, before any of it is used. Paths are not
 part of the state: where a restored run writes (checkpoint, report, serving
@@ -12,6 +16,7 @@ are ignored; 2 adds the run's id, what the file cannot hold (evaluation
 data, a callable `freeze`) and the last stage exported for serving.
 """
 
+import dataclasses
 import math
 import numbers
 
@@ -39,6 +44,102 @@ _KEYS = {
     "freeze_callable",
 }
 _OUTPUT_PATHS = ("checkpoint", "report", "export_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """The records of a run's finished stages, as one immutable value.
+
+    `IncrementalModel` holds one, replaces it when a stage is committed,
+    writes it into every checkpoint (`to_json`) and reads it back from one
+    (`from_json`, which checks every field as untrusted data).
+
+    Attributes:
+        stage: The number of finished stages.
+        run: The run's id (recorded in its serving exports).
+        classes: The class names of the finished stages, in index order.
+        settings: The run's options that a file holds, JSON-able (see
+            `RunOptions.settings`): `strategy` (serialized), `memory_size`,
+            `head`, `freeze`, `learning_rates`, `seed`.
+        history: One record per finished stage (see `StageRecords`).
+        stage_classes: The class indices each finished stage brought.
+        groups: The per-layer learning-rate groups in use
+            (multiplier -> layer paths), or `None`.
+        base_rate: The base learning rate under those groups, or `None`.
+        exported: The last stage exported for serving.
+        evaluation: Whether the run had evaluation data (a file does not
+            hold it).
+        freeze_callable: Whether the run froze layers with a callable (a
+            file does not hold it).
+    """
+
+    stage: int = 0
+    run: str = ""
+    classes: tuple = ()
+    settings: dict = dataclasses.field(default_factory=dict)
+    history: tuple = ()
+    stage_classes: tuple = ()
+    groups: dict = None
+    base_rate: float = None
+    exported: int = 0
+    evaluation: bool = False
+    freeze_callable: bool = False
+
+    def replace(self, **changes):
+        """A copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self):
+        """The state as `state.json` holds it (without `format`)."""
+        return state_to_json(
+            {
+                "stage": self.stage,
+                "run": self.run,
+                "encoder": LabelEncoder(list(self.classes) or None).to_config(),
+                "settings": self.settings,
+                "evaluation": self.evaluation,
+                "freeze_callable": self.freeze_callable,
+                "exported": self.exported,
+                "history": list(self.history),
+                "stage_classes": [list(g) for g in self.stage_classes],
+                "groups": None
+                if self.groups is None
+                else {str(m): list(p) for m, p in self.groups.items()},
+                "base_rate": self.base_rate,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, state, path):
+        """Checks a parsed `state.json` and returns its `RunState`.
+
+        Args:
+            state: The parsed `state.json`, untrusted.
+            path: The checkpoint's path, for error messages.
+
+        Returns:
+            A `RunState`.
+
+        Raises:
+            ValueError: naming the file, the key and the problem, for a
+                newer or unknown format, a missing key, a value of the
+                wrong type or range, or parts that disagree (history and
+                stage count).
+        """
+        checked = check_state(state, path)
+        return cls(
+            stage=checked["stage"],
+            run=checked["run"],
+            classes=tuple(checked["encoder"].classes_),
+            settings=checked["settings"],
+            history=tuple(checked["history"]),
+            stage_classes=tuple(checked["stage_classes"]),
+            groups=checked["groups"],
+            base_rate=checked["base_rate"],
+            exported=checked["exported"] or 0,
+            evaluation=checked["evaluation"],
+            freeze_callable=checked["freeze_callable"],
+        )
 
 
 def state_to_json(state):

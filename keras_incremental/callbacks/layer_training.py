@@ -1,0 +1,98 @@
+"""What each layer trains in a stage: freezing and per-layer learning rates."""
+
+import keras
+
+from keras_incremental import compat
+from keras_incremental.models.freezing import layers_to_freeze
+from keras_incremental.optimizers.learning_rates import base_learning_rate
+from keras_incremental.optimizers.learning_rates import leaf_optimizers
+from keras_incremental.optimizers.learning_rates import multiplier_optimizer
+from keras_incremental.optimizers.learning_rates import plan_groups
+from keras_incremental.optimizers.learning_rates import rebuild_optimizer
+from keras_incremental.optimizers.learning_rates import update_multipliers
+from keras_incremental.optimizers.multiplier_optimizer import (
+    MultiplierOptimizer,
+)
+
+
+class LayerTraining:
+    """Applies a stage's `freeze` and `learning_rates` to the model.
+
+    It remembers the layers it froze (to unfreeze them when `freeze`
+    changes) and the learning-rate groups in use with their base rate,
+    which the run state saves.
+
+    Args:
+        groups: The groups in use (multiplier -> layer paths), or `None`.
+        base_rate: Their base learning rate, or `None`.
+
+    Example:
+
+    ```python
+    training = LayerTraining()
+    training.apply(model, head, freeze="backbone", learning_rates=None)
+    ```
+    """
+
+    def __init__(self, groups=None, base_rate=None):
+        self.frozen = []
+        self.groups = groups
+        self.base_rate = base_rate
+
+    def apply(self, model, head, freeze, learning_rates):
+        """Freezes and slows the layers for the stage about to train."""
+        self.apply_freezing(model, head, freeze)
+        self.apply_learning_rates(model, learning_rates)
+
+    def apply_freezing(self, model, head, freeze):
+        frozen = layers_to_freeze(model, head, freeze)
+        for layer in self.frozen:
+            if layer not in frozen:
+                layer.trainable = True
+        for layer in frozen:
+            layer.trainable = False
+        self.frozen = frozen
+        optimizer = model.optimizer
+        if optimizer is not None and optimizer.built:
+            unknown = [
+                v
+                for v in model.trainable_variables
+                if not any(
+                    compat.optimizer_knows(o, v)
+                    for o in leaf_optimizers(optimizer)
+                )
+            ]
+            # JAX and PyTorch apply an optimizer to exactly the variables it
+            # was built on: a smaller trainable set needs a rebuild too
+            # (the frozen variables' slots then start afresh when they are
+            # unfrozen). TensorFlow applies it to any subset.
+            shrunk = keras.backend.backend() != "tensorflow" and len(
+                model.trainable_variables
+            ) != sum(
+                compat.optimizer_variable_count(o)
+                for o in leaf_optimizers(optimizer)
+            )
+            if unknown or shrunk:
+                # Rebuild it on the current trainable variables, with the
+                # state of the known ones kept.
+                clone = type(optimizer).from_config(optimizer.get_config())
+                rebuild_optimizer(model, clone)
+
+    def apply_learning_rates(self, model, learning_rates):
+        if not learning_rates:
+            return
+        groups = plan_groups(model, learning_rates)
+        optimizer = model.optimizer
+        if not update_multipliers(optimizer, groups):
+            if isinstance(
+                optimizer, keras.optimizers.MultiOptimizer
+            ) and not isinstance(optimizer, MultiplierOptimizer):
+                # Saved before `MultiplierOptimizer`: no base rate of its own.
+                base = self.base_rate
+            else:
+                base = base_learning_rate(optimizer)
+            self.base_rate = base
+            rebuild_optimizer(
+                model, multiplier_optimizer(optimizer, base, groups)
+            )
+        self.groups = groups
