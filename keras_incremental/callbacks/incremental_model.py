@@ -474,7 +474,13 @@ class IncrementalModel(keras.callbacks.Callback):
         teacher = self._refresh_teacher(model)
         self._build_optimizer(model, head)
         self._grow_head(model, head)
-        self._training.apply(model, head, self.freeze, self.learning_rates)
+        self._training.apply(
+            model,
+            head,
+            self.freeze,
+            self.learning_rates,
+            train_head=self.strategy.trains_head,
+        )
         self._context = self._stage_context(model, head, old_units, teacher)
         self.strategy.begin_stage(self._context)
         self._install_stage_step(model, head, teacher)
@@ -536,8 +542,13 @@ class IncrementalModel(keras.callbacks.Callback):
         then grow with it, in place, before anything is traced."""
         optimizer = model.optimizer
         if optimizer is not None and not optimizer.built:
+            variables = model.trainable_variables
+            if not self.strategy.trains_head:
+                # The strategy sets the head's weights itself: no slots.
+                own = {id(v) for v in head.weights}
+                variables = [v for v in variables if id(v) not in own]
             with compat.variable_scope_of(head.kernel):
-                optimizer.build(model.trainable_variables)
+                optimizer.build(variables)
 
     def _grow_head(self, model, head):
         missing = len(self.encoder.classes_) - head.units
@@ -839,21 +850,27 @@ class IncrementalModel(keras.callbacks.Callback):
             list(self._records.classes),
             self._records.run,
             self.stage_,
+            self.strategy.score_layers(self._stage_or_run_context()),
         )
         if export_dir == self.export_dir:
             self._records = self._records.replace(exported=self.stage_)
         return path
 
-    def predict(self, x, batch_size=None):
+    def predict(self, x, batch_size=None, return_scores=False):
         """Class indices for `x`: the head's argmax, or the strategy's own
         classifier where it has one (iCaRL's nearest mean of exemplars).
 
         Args:
             x: Inputs, as for `model.predict`.
             batch_size: Passed to `model.predict`. Defaults to `None`.
+            return_scores: Whether to return the strategy's scores beside
+                the classes (`Strategy.score_layers`; the serving exports
+                answer the same). Defaults to `False`.
 
         Returns:
             1-D integer array of class indices; `decode` maps them to names.
+            With `return_scores`, `(indices, scores)`: `scores` a dict of
+            1-D float arrays by name (empty when the strategy has none).
         """
         model = self._known_model()
         if model is None:
@@ -861,22 +878,34 @@ class IncrementalModel(keras.callbacks.Callback):
                 "No model yet: pass `model=` to `IncrementalModel` or train "
                 "a stage with `fit(..., callbacks=[inc])` first."
             )
-        return self._predict(x, None, batch_size)
+        if not return_scores:
+            return self._predict(x, None, batch_size)
+        context = self._stage_or_run_context()
+        layers = self.strategy.score_layers(context)
+        logits = outputs(model, x, batch_size)
+        scores = {
+            name: keras.ops.convert_to_numpy(layer(logits)).reshape(-1)
+            for name, layer in layers.items()
+        }
+        return self._predict(x, None, batch_size), scores
+
+    def _stage_or_run_context(self, memory=None):
+        """The `StageContext` of the stage training, or one of the run."""
+        memory = self.memory if memory is None else memory
+        if self._context is not None:
+            return dataclasses.replace(self._context, memory=memory)
+        return StageContext(
+            model=self.model,
+            head=self._head(),
+            stage=self.stage_,
+            old_units=0,
+            memory=memory,
+        )
 
     def _predict(self, x, memory=None, batch_size=None):
         """`predict` with `memory` (default: the run's) as the exemplars."""
         model = self.model
-        memory = self.memory if memory is None else memory
-        if self._context is not None:
-            context = dataclasses.replace(self._context, memory=memory)
-        else:
-            context = StageContext(
-                model=model,
-                head=self._head(model),
-                stage=self.stage_,
-                old_units=0,
-                memory=memory,
-            )
+        context = self._stage_or_run_context(memory)
         indices = self.strategy.predict(context, x)
         if indices is None:
             indices = np.argmax(outputs(model, x, batch_size), axis=-1)
@@ -1137,9 +1166,13 @@ class IncrementalModel(keras.callbacks.Callback):
             inc.memory = memory
         if state.groups is not None:
             inc._training = LayerTraining(state.groups, state.base_rate)
-        inc._training.frozen = layers_to_freeze(
-            model, inc._head(model), inc.freeze
-        )
+        head = inc._head(model)
+        frozen = layers_to_freeze(model, head, inc.freeze)
+        if not head.trainable and head not in frozen:
+            # Frozen by a strategy that sets the head's weights itself:
+            # trained again if the next stage's strategy does not.
+            frozen.append(head)
+        inc._training.frozen = frozen
         return model, inc
 
 

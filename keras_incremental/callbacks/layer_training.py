@@ -39,13 +39,24 @@ class LayerTraining:
         self.groups = groups
         self.base_rate = base_rate
 
-    def apply(self, model, head, freeze, learning_rates):
-        """Freezes and slows the layers for the stage about to train."""
-        self.apply_freezing(model, head, freeze)
+    def apply(self, model, head, freeze, learning_rates, train_head=True):
+        """Freezes and slows the layers for the stage about to train.
+
+        Args:
+            model: The model about to train a stage.
+            head: Its `ExpandableDense`.
+            freeze: The `freeze` option.
+            learning_rates: The `learning_rates` option.
+            train_head: `False` to freeze the head too, for a strategy that
+                sets its weights itself (`Strategy.trains_head`).
+        """
+        self.apply_freezing(model, head, freeze, train_head)
         self.apply_learning_rates(model, learning_rates)
 
-    def apply_freezing(self, model, head, freeze):
+    def apply_freezing(self, model, head, freeze, train_head=True):
         frozen = layers_to_freeze(model, head, freeze)
+        if not train_head and head not in frozen:
+            frozen = [*frozen, head]
         for layer in self.frozen:
             if layer not in frozen:
                 layer.trainable = True

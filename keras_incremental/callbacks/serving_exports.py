@@ -6,7 +6,7 @@ from keras_incremental.saving.serving import export_for_serving
 from keras_incremental.saving.serving import exported_versions
 
 
-def export_stage(model, export_dir, class_names, run, stage):
+def export_stage(model, export_dir, class_names, run, stage, scores=None):
     """Exports `stage` of `run` as the next version of `export_dir`, unless
     a version there holds it already.
 
@@ -16,6 +16,8 @@ def export_stage(model, export_dir, class_names, run, stage):
         class_names: The class names, in index order.
         run: The run's id, recorded in the version's metadata.
         stage: The stage number, recorded beside it.
+        scores: Optional score layers answered beside the classes (see
+            `export_for_serving`).
 
     Returns:
         The path of the stage's version folder, as a string.
@@ -38,5 +40,6 @@ def export_stage(model, export_dir, class_names, run, stage):
             export_dir,
             class_names=class_names,
             metadata={"run": run, "stage": stage},
+            scores=scores,
         )
     )

@@ -8,7 +8,9 @@ model's class and its saved file stay as they were.
 
 import keras
 
-from keras_incremental import strategies
+from keras_incremental.strategies.features import feature_extractor
+from keras_incremental.strategies.strategy import observes
+from keras_incremental.strategies.strategy import traces_step
 
 
 def frozen_copy(model):
@@ -28,18 +30,26 @@ def install_loss(model, strategy, context):
     Targets packed as `(labels, logits, mask)` are unpacked for the
     compiled loss and metrics.
     """
-    base = strategies.Strategy
-    if not strategy.needs_logits and all(
-        type(p).loss is base.loss and type(p).weigh is base.weigh
-        for p in strategy.parts
+    if not strategy.needs_logits and not any(
+        traces_step(p) for p in strategy.parts
     ):
         return
     base_loss = type(model).compute_loss
+    extractor = None
+    if observes(strategy):
+        extractor = feature_extractor(model, context.head)
 
     def compute_loss(
         x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         labels = _labels(y)
+        if training and extractor is not None:
+            strategy.observe(
+                context,
+                keras.ops.stop_gradient(extractor(x, training=False)),
+                labels,
+                sample_weight,
+            )
         if training:
             sample_weight = strategy.weigh(context, labels, sample_weight)
         loss = base_loss(

@@ -243,7 +243,9 @@ def rebuild_optimizer(model, new_optimizer):
     """
     old = getattr(model, "optimizer", None)
     variables = list(model.trainable_variables)
-    with compat.variable_scope_of(variables[0]):
+    # With every layer frozen (a fixed body under a head that the strategy
+    # sets itself), the model's weights say where variables live.
+    with compat.variable_scope_of((variables or model.weights)[0]):
         new_optimizer.build(variables)
     if old is not None and old.built:
         _copy_state(old, new_optimizer, variables)

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 
+import keras
+
 from keras_incremental.saving.files import partial_prefix
 
 # The longest an export subprocess may run: importing TensorFlow, loading the
@@ -25,7 +27,9 @@ TIMEOUT_SECONDS = 600
 ERROR_TAIL = 4000
 
 
-def write_saved_model_in_tensorflow(model, folder, names, scratch_dir):
+def write_saved_model_in_tensorflow(
+    model, folder, names, scratch_dir, scores=None
+):
     """Writes the serving SavedModel of `model` into the empty `folder`.
 
     Args:
@@ -34,6 +38,7 @@ def write_saved_model_in_tensorflow(model, folder, names, scratch_dir):
         names: The class names, one per output unit.
         scratch_dir: The folder for the temporary `.keras` file (a
             `.partial-` name, removed afterwards).
+        scores: Optional dict of score layers (see `export_for_serving`).
 
     Raises:
         RuntimeError: when the subprocess fails or runs too long; its error
@@ -52,6 +57,12 @@ def write_saved_model_in_tensorflow(model, folder, names, scratch_dir):
                     "source": source,
                     "folder": os.path.abspath(folder),
                     "names": names,
+                    # Rebuilt from their configs there: a score layer must
+                    # be a Keras one or a registered one the worker imports.
+                    "scores": {
+                        name: keras.saving.serialize_keras_object(layer)
+                        for name, layer in (scores or {}).items()
+                    },
                 },
                 file,
             )
@@ -92,7 +103,10 @@ def _environment():
     this package the way the caller did."""
     env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The folder that holds `keras_incremental/` (this file is in
+    # `keras_incremental/saving/`).
+    here = os.path.abspath(__file__)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(here)))
     paths = [package_root, *filter(None, [env.get("PYTHONPATH")])]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
@@ -116,7 +130,11 @@ def main(argv):
     model = keras.saving.load_model(
         spec["source"], compile=False, safe_mode=True
     )
-    serving.write_saved_model(model, spec["folder"], spec["names"])
+    scores = {
+        name: keras.saving.deserialize_keras_object(config, safe_mode=True)
+        for name, config in spec.get("scores", {}).items()
+    }
+    serving.write_saved_model(model, spec["folder"], spec["names"], scores)
     return 0
 
 

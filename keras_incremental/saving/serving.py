@@ -30,6 +30,8 @@ from keras_incremental.saving.files import partial_prefix
 from keras_incremental.saving.files import remove_stale_partials
 
 SIGNATURE_NAME = "serving_default"
+# The outputs every exported signature has.
+SERVED_OUTPUTS = ("probabilities", "class_ids", "classes")
 INPUT_NAME = "inputs"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # TensorFlow Serving refuses a warmup file with more records than this.
@@ -46,6 +48,7 @@ def export_for_serving(
     version=None,
     warmup_inputs=None,
     metadata=None,
+    scores=None,
 ):
     """Writes `model` as a TensorFlow Serving SavedModel, with class names.
 
@@ -60,6 +63,7 @@ def export_for_serving(
       and a softmax is applied.
     - `class_ids`: int64, `(batch,)`, the index of the most probable class.
     - `classes`: string, `(batch,)`, the name of that class.
+    - one float32 `(batch,)` output per entry of `scores`, when given.
 
     The version is written to a temporary folder inside `export_dir`
     (`.partial-<pid>-<random>`) and renamed at the end, so a version folder
@@ -150,6 +154,7 @@ def export_for_serving(
     # Every check first, the cheap ones before the trace that finds the
     # output width: nothing is traced or written for a call that fails.
     input_spec = _input_spec(model)
+    scores = check_scores(scores)
     export_dir = _check_export_dir(export_dir)
     version = _check_version(version, export_dir)
     metadata_text = _metadata_text(metadata)
@@ -170,10 +175,10 @@ def export_for_serving(
     open_mode(temporary, directory=True)
     try:
         if keras.backend.backend() == "tensorflow":
-            write_saved_model(model, temporary, names)
+            write_saved_model(model, temporary, names, scores)
         else:
             export_worker.write_saved_model_in_tensorflow(
-                model, temporary, names, export_dir
+                model, temporary, names, export_dir, scores
             )
         if warmup is not None:
             _write_warmup(os.path.join(temporary, WARMUP_FILE), warmup)
@@ -200,9 +205,49 @@ def export_for_serving(
     return target
 
 
-def write_saved_model(model, folder, names):
+def check_scores(scores):
+    """Checks the `scores` of `export_for_serving`; returns a dict.
+
+    Args:
+        scores: `None`, or a dict mapping output names to Keras layers that
+            map the model's output (logits or probabilities, float32,
+            `(batch, classes)`) to one score per sample, `(batch,)`.
+
+    Raises:
+        TypeError: for a value that is not such a dict.
+        ValueError: for a name that a served output has already, or that
+            is not a plain identifier.
+    """
+    if scores is None:
+        return {}
+    if not isinstance(scores, dict):
+        raise TypeError(
+            "Expected `scores` to be a dict mapping output names to Keras "
+            f"layers. Received: scores={scores!r}"
+        )
+    for name, layer in scores.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(
+                "Expected the names of `scores` to be identifiers (they name "
+                f"outputs of the serving signature). Received: {name!r}"
+            )
+        if name in SERVED_OUTPUTS:
+            raise ValueError(
+                f"The score name {name!r} is an output the signature has "
+                f"already; expected another than {sorted(SERVED_OUTPUTS)}."
+            )
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                f"Expected the score {name!r} to be a Keras layer. Received: "
+                f"{layer!r} of type {type(layer).__name__}"
+            )
+    return dict(scores)
+
+
+def write_saved_model(model, folder, names, scores=None):
     """Writes the serving SavedModel of a TensorFlow-backend `model` (its
-    signature answering with `names`) into the empty `folder`."""
+    signature answering with `names`, and `scores`) into the empty
+    `folder`."""
     input_spec = _input_spec(model)
     # A grown head's variables have a free last dimension; the export
     # records the width they have now.
@@ -217,7 +262,9 @@ def write_saved_model(model, folder, names):
             archive.track(layer)
         archive.add_endpoint(
             SIGNATURE_NAME,
-            _serving_function(model, names, _ends_in_softmax(model)),
+            _serving_function(
+                model, names, _ends_in_softmax(model), scores or {}
+            ),
             input_signature=[input_spec],
         )
         archive.write_out(folder, verbose=False)
@@ -477,7 +524,7 @@ def _made_by_softmax(operation, index):
     return _from_softmax(outputs[index])
 
 
-def _serving_function(model, names, ends_in_softmax):
+def _serving_function(model, names, ends_in_softmax, scores):
     import tensorflow as tf
 
     def serve(inputs):
@@ -488,11 +535,14 @@ def _serving_function(model, names, ends_in_softmax):
             probabilities = tf.nn.softmax(outputs, axis=-1)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         classes = tf.gather(tf.constant(names, dtype=tf.string), class_ids)
-        return {
+        answer = {
             "probabilities": probabilities,
             "class_ids": class_ids,
             "classes": classes,
         }
+        for name, layer in scores.items():
+            answer[name] = tf.reshape(tf.cast(layer(outputs), tf.float32), [-1])
+        return answer
 
     return serve
 

@@ -63,6 +63,9 @@ class Strategy:
       an extra loss term or `None`; `y` is the stage's target structure;
     - `weigh(context, labels, sample_weight)` inside the train step,
       returns the sample weights for the compiled loss (or `None`);
+    - `observe(context, features, labels, sample_weight)` inside the train
+      step, with the batch's features (the head's inputs): to accumulate
+      statistics in the strategy's `stage_variables`, adding no loss;
     - `end_stage(context)` after the last step, before the memory update;
     - `predict(context, x)` class indices, or `None` to use the head.
 
@@ -70,7 +73,10 @@ class Strategy:
     `prepare`), `selection` (`"random"` or `"herding"`; `None` for no
     preference), `needs_teacher`, `needs_logits` (store logits with the
     exemplars and pass them to `loss` as `y = (labels, logits, mask)`),
-    `needs_arrays` (the stage must come as NumPy arrays, not `tf.data`).
+    `needs_arrays` (the stage must come as NumPy arrays, not `tf.data`),
+    `trains_head` (`False`: the head gets no gradient step and no optimizer
+    state during a stage; the strategy sets its weights itself, in
+    `end_stage`).
 
     Example:
 
@@ -85,6 +91,7 @@ class Strategy:
     needs_teacher = False
     needs_logits = False
     needs_arrays = False
+    trains_head = True
 
     def adopt(self, context):
         """Called once before the first stage on an adopted head.
@@ -134,6 +141,21 @@ class Strategy:
         """
         return sample_weight
 
+    def observe(self, context, features, labels, sample_weight):
+        """Sees one train step's batch (traced), adding no loss.
+
+        For statistics of the stage's data: update the strategy's
+        `stage_variables` here (`assign_add`), so that every backend's
+        compiled step carries them.
+
+        Args:
+            context: The stage's `StageContext`.
+            features: The batch's features: the head's inputs, computed in
+                inference mode.
+            labels: The batch's labels (class indices or one-hot).
+            sample_weight: The weights `fit` was given, or `None`.
+        """
+
     def trace_signature(self, context):
         """What the traced `loss` and `weigh` take from Python for a stage.
 
@@ -150,8 +172,7 @@ class Strategy:
         Returns:
             A hashable value.
         """
-        base = Strategy
-        if type(self).loss is base.loss and type(self).weigh is base.weigh:
+        if not traces_step(self):
             return ()
         return (context.stage,)
 
@@ -187,6 +208,24 @@ class Strategy:
             1-D class indices, or `None` to use the head's argmax.
         """
         return None
+
+    def score_layers(self, context):
+        """Scores the strategy gives beside every prediction.
+
+        `IncrementalModel.predict(x, return_scores=True)` returns them, and
+        every serving export answers them as outputs of its signature.
+
+        Args:
+            context: The latest `StageContext`.
+
+        Returns:
+            A dict mapping output names to Keras layers that map the
+            model's output `(batch, classes)` to one score per sample;
+            empty by default. Off TensorFlow, each layer must be a Keras
+            one or a registered serializable one that the export's
+            TensorFlow subprocess can import.
+        """
+        return {}
 
     def get_state(self):
         """What the strategy learned (a dict of NumPy arrays by name), saved
@@ -257,6 +296,7 @@ class Combine(Strategy):
         self.needs_teacher = any(p.needs_teacher for p in flat)
         self.needs_logits = any(p.needs_logits for p in flat)
         self.needs_arrays = any(p.needs_arrays for p in flat)
+        self.trains_head = all(p.trains_head for p in flat)
 
     @property
     def parts(self):
@@ -285,6 +325,10 @@ class Combine(Strategy):
             sample_weight = part.weigh(context, labels, sample_weight)
         return sample_weight
 
+    def observe(self, context, features, labels, sample_weight):
+        for part in self._parts:
+            part.observe(context, features, labels, sample_weight)
+
     def trace_signature(self, context):
         return tuple(p.trace_signature(context) for p in self._parts)
 
@@ -301,6 +345,12 @@ class Combine(Strategy):
             if indices is not None:
                 return indices
         return None
+
+    def score_layers(self, context):
+        layers = {}
+        for part in self._parts:
+            layers.update(part.score_layers(context))
+        return layers
 
     def get_state(self):
         return {
@@ -330,3 +380,19 @@ class Combine(Strategy):
     def __repr__(self):
         inner = ", ".join(repr(p) for p in self._parts)
         return f"Combine({inner}, name={self.name!r})"
+
+
+def traces_step(strategy):
+    """Whether `strategy` (a single part) puts anything into the train step:
+    its own `loss`, `weigh` or `observe`."""
+    return any(
+        getattr(type(strategy), hook) is not getattr(Strategy, hook)
+        for hook in ("loss", "weigh", "observe")
+    )
+
+
+def observes(strategy):
+    """Whether a part of `strategy` has its own `observe`."""
+    return any(
+        type(part).observe is not Strategy.observe for part in strategy.parts
+    )
