@@ -1,6 +1,8 @@
 """Strategies against forgetting, inside ordinary `model.fit`."""
 
+import inspect
 import json
+import math
 import zipfile
 
 import h5py
@@ -11,8 +13,12 @@ from sklearn.datasets import load_digits
 
 import keras_incremental as ki
 from keras_incremental import strategies
+from keras_incremental.strategies import EWC
+from keras_incremental.strategies import BalancedLoss
 from keras_incremental.strategies import Combine
 from keras_incremental.strategies import Distillation
+from keras_incremental.strategies import LabelSmoothing
+from keras_incremental.strategies import LogitReplay
 from keras_incremental.strategies import Replay
 from keras_incremental.strategies import WeightAligning
 
@@ -311,3 +317,176 @@ def test_herding_replay_combines_with_logit_replay():
     strategy = Combine(Replay("herding"), strategies.LogitReplay())
     assert strategy.selection == "herding"
     assert strategy.needs_logits and strategy.needs_arrays
+
+
+# Every numeric constructor argument of every strategy class: the values
+# accepted (their ranges as documented) and values just outside them.
+NUMBER_ARGUMENTS = [
+    (Distillation, "temperature", [1e-9, 2, 2.0, 1e6], [0, 0.0, -1.0]),
+    (Distillation, "weight", [0, 0.0, 0.7, 5], [-1e-9, -1]),
+    (EWC, "weight", [0, 500, 1000.0], [-1.0]),
+    (LogitReplay, "alpha", [0, 0.5, 3], [-0.5]),
+    (LabelSmoothing, "epsilon", [0, 0.1, 1, 1.0], [-0.1, 1.5]),
+    (BalancedLoss, "power", [0, 0.5, 1], [-0.1, 1.0001]),
+]
+INTEGER_ARGUMENTS = [
+    (EWC, "samples", [1, 200, 2**40], [0, -1]),
+    (EWC, "seed", [0, 7, 2**70], [-1]),
+    (LabelSmoothing, "adopt_epochs", [0, 5], [-1]),
+]
+
+
+def _ids(arguments):
+    return [f"{cls.__name__}.{name}" for cls, name, *_ in arguments]
+
+
+def test_every_numeric_or_boolean_strategy_argument_is_listed():
+    listed = {
+        (cls, name) for cls, name, *_ in NUMBER_ARGUMENTS + INTEGER_ARGUMENTS
+    }
+    found = set()
+    for cls in [*strategies.PARTS.values(), Combine]:
+        for name, parameter in inspect.signature(cls).parameters.items():
+            if isinstance(parameter.default, (bool, int, float)):
+                found.add((cls, name))
+    assert found == listed
+    # The one boolean: `icarl(nme=)`, a factory's (tested below).
+    assert inspect.signature(strategies.icarl).parameters["nme"].default
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", NUMBER_ARGUMENTS, ids=_ids(NUMBER_ARGUMENTS)
+)
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -math.inf, np.float64(math.nan)]
+)
+def test_number_arguments_refuse_non_finite_values(
+    cls, name, valid, invalid, value
+):
+    with pytest.raises(ValueError) as caught:
+        cls(**{name: value})
+    message = str(caught.value)
+    assert f"Received an invalid value for `{name}`, expected a finite" in (
+        message
+    )
+    assert message.endswith(f"Received: {name}={value}"), message
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", NUMBER_ARGUMENTS, ids=_ids(NUMBER_ARGUMENTS)
+)
+@pytest.mark.parametrize("value", [True, False, np.True_])
+def test_number_arguments_refuse_bools(cls, name, valid, invalid, value):
+    with pytest.raises(TypeError) as caught:
+        cls(**{name: value})
+    message = str(caught.value)
+    assert f"`{name}`" in message
+    assert f"Received: {name}={value!r} of type" in message
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", INTEGER_ARGUMENTS, ids=_ids(INTEGER_ARGUMENTS)
+)
+@pytest.mark.parametrize(
+    "value", [True, False, np.True_, math.nan, math.inf, -math.inf, 2.0, "3"]
+)
+def test_integer_arguments_refuse_bools_and_non_integers(
+    cls, name, valid, invalid, value
+):
+    with pytest.raises(TypeError) as caught:
+        cls(**{name: value})
+    message = str(caught.value)
+    assert f"Received an invalid value for `{name}`, expected an integer" in (
+        message
+    )
+    assert f"Received: {name}={value!r} of type" in message
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid",
+    NUMBER_ARGUMENTS + INTEGER_ARGUMENTS,
+    ids=_ids(NUMBER_ARGUMENTS + INTEGER_ARGUMENTS),
+)
+def test_valid_values_are_still_accepted(cls, name, valid, invalid):
+    kind = int if (cls, name, valid, invalid) in INTEGER_ARGUMENTS else float
+    for value in valid:
+        strategy = cls(**{name: value})
+        stored = getattr(strategy, name)
+        assert type(stored) is kind
+        assert stored == value
+        assert strategy.get_config()[name] == stored
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid",
+    NUMBER_ARGUMENTS + INTEGER_ARGUMENTS,
+    ids=_ids(NUMBER_ARGUMENTS + INTEGER_ARGUMENTS),
+)
+def test_values_out_of_range_are_still_refused(cls, name, valid, invalid):
+    for value in invalid:
+        with pytest.raises(ValueError) as caught:
+            cls(**{name: value})
+        message = str(caught.value)
+        assert f"`{name}`" in message
+        assert message.endswith(f"Received: {name}={value}"), message
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", NUMBER_ARGUMENTS, ids=_ids(NUMBER_ARGUMENTS)
+)
+def test_numpy_numbers_are_stored_as_python_floats(cls, name, valid, invalid):
+    for value in valid:
+        given = [np.float64(value), np.float32(value)]
+        if float(value).is_integer():
+            given += [np.int64(value), np.int32(value)]
+        for number in given:
+            strategy = cls(**{name: number})
+            stored = getattr(strategy, name)
+            assert type(stored) is float
+            assert stored == float(number)
+            config = json.loads(json.dumps(strategy.get_config()))
+            assert config[name] == stored
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", INTEGER_ARGUMENTS, ids=_ids(INTEGER_ARGUMENTS)
+)
+def test_numpy_integers_are_stored_as_python_ints(cls, name, valid, invalid):
+    for value in valid:
+        given = [np.uint64(value)] if value < 2**64 else []
+        if value < 2**31:
+            given += [np.int64(value), np.int32(value)]
+        for number in given:
+            strategy = cls(**{name: number})
+            stored = getattr(strategy, name)
+            assert type(stored) is int
+            assert stored == value
+            config = json.loads(json.dumps(strategy.get_config()))
+            assert config[name] == stored
+
+
+def test_the_issue_examples():
+    for make in (
+        lambda: Distillation(weight=math.nan),
+        lambda: EWC(weight=math.inf),
+        lambda: LogitReplay(alpha=math.nan),
+    ):
+        with pytest.raises(ValueError, match="expected a finite number >= 0"):
+            make()
+    with pytest.raises(TypeError, match="Received: weight=True of type bool"):
+        Distillation(weight=True)
+    strategy = EWC(samples=np.int64(5))
+    assert type(strategy.samples) is int and strategy.samples == 5
+    json.dumps(strategy.get_config())
+
+
+def test_icarl_nme_is_a_bool():
+    assert isinstance(
+        strategies.icarl().parts[-1], strategies.NearestMeanOfExemplars
+    )
+    for nme, with_nme in [(True, True), (False, False), (np.False_, False)]:
+        parts = strategies.icarl(nme=nme).parts
+        assert (len(parts) == 3) is with_nme
+    for nme in [1, 0, "no", None]:
+        with pytest.raises(TypeError, match=f"Received: nme={nme!r} of type"):
+            strategies.icarl(nme=nme)

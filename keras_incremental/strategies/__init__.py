@@ -24,6 +24,7 @@ from keras_incremental.strategies.strategy import Combine
 from keras_incremental.strategies.strategy import StageContext
 from keras_incremental.strategies.strategy import Strategy
 from keras_incremental.strategies.weight_aligning import WeightAligning
+from keras_incremental.utils.checks import check_bool
 
 
 def finetune():
@@ -32,10 +33,10 @@ def finetune():
 
 
 def icarl(nme=True):
-    """iCaRL: herding exemplars, distillation and, with `nme`, the
+    """iCaRL: herding exemplars, distillation and, with `nme` (a bool), the
     nearest-mean-of-exemplars classifier in `IncrementalModel.predict`."""
     parts = [Replay(selection="herding"), Distillation()]
-    if nme:
+    if check_bool(nme, "nme"):
         parts.append(NearestMeanOfExemplars())
     return Combine(*parts, name="icarl")
 
