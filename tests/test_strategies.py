@@ -490,3 +490,93 @@ def test_icarl_nme_is_a_bool():
     for nme in [1, 0, "no", None]:
         with pytest.raises(TypeError, match=f"Received: nme={nme!r} of type"):
             strategies.icarl(nme=nme)
+
+
+@pytest.mark.parametrize(
+    "config, error, pattern",
+    [
+        ({"weight": math.nan}, ValueError, "Received: weight=nan"),
+        ({"weight": math.inf}, ValueError, "Received: weight=inf"),
+        ({"temperature": -math.inf}, ValueError, "temperature=-inf"),
+        ({"weight": True}, TypeError, "Received: weight=True of type bool"),
+        ({"weight": None}, TypeError, "Received: weight=None"),
+        ({"weight": "1.0"}, TypeError, "Received: weight='1.0'"),
+        ({"wieght": 1.0}, TypeError, "unexpected keyword"),
+    ],
+)
+def test_deserialize_goes_through_the_constructor_checks(
+    config, error, pattern
+):
+    crafted = {
+        "name": "mine",
+        "parts": [
+            {"class": "Replay", "config": {"selection": "random"}},
+            {"class": "Distillation", "config": config},
+        ],
+    }
+    with pytest.raises(error, match=pattern) as caught:
+        strategies.deserialize(crafted)
+    assert "Cannot rebuild strategy part 'Distillation'" in str(caught.value)
+
+
+def test_deserialize_of_numpy_numbers_gives_json():
+    strategy = Combine(
+        Distillation(np.float32(2.0), np.int64(1)),
+        EWC(np.float64(5.0), np.int64(50), np.uint8(3)),
+        LabelSmoothing(np.float64(0.2), np.int32(2)),
+        name="numpy",
+    )
+    written = json.loads(json.dumps(strategies.serialize(strategy)))
+    rebuilt = strategies.deserialize(written)
+    assert strategies.serialize(rebuilt) == written
+    assert written["parts"][1]["config"] == {
+        "weight": 5.0,
+        "samples": 50,
+        "seed": 3,
+    }
+
+
+def _crafted_checkpoint(saved, tmp_path, name, change):
+    with zipfile.ZipFile(saved) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    state = json.loads(members["keras_incremental/state.json"])
+    change(state)
+    members["keras_incremental/state.json"] = json.dumps(state).encode()
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+    return path
+
+
+def test_restore_refuses_a_crafted_strategy_config(digits, tmp_path):
+    saved = tmp_path / "stages.keras"
+    run(digits, Distillation(), plan=PLAN[:1], epochs=1, checkpoint=saved)
+
+    def config(state):
+        parts = state["settings"]["strategy"]["parts"]
+        assert [p["class"] for p in parts] == ["Distillation"]
+        return parts[0]["config"]
+
+    def nan_weight(state):
+        # Format 1 wrote bare NaN (accuracies), so the file's JSON may
+        # hold one anywhere: the constructor refuses it.
+        state["format"] = 1
+        config(state)["weight"] = math.nan
+
+    def bool_weight(state):
+        config(state)["weight"] = True
+
+    path = _crafted_checkpoint(saved, tmp_path, "nan.keras", nan_weight)
+    refused = "Cannot rebuild strategy part 'Distillation' from its config"
+    with pytest.raises(ValueError, match=f"{refused}.*Received: weight=nan$"):
+        ki.IncrementalModel.restore(str(path))
+    path = _crafted_checkpoint(saved, tmp_path, "bool.keras", bool_weight)
+    with pytest.raises(ValueError, match="weight=True of type bool") as caught:
+        ki.IncrementalModel.restore(str(path))
+    assert "bool.keras" in str(caught.value)
+    assert refused in str(caught.value)
+    # The file as written is restored.
+    with pytest.warns(UserWarning, match="evaluation"):
+        _, inc = ki.IncrementalModel.restore(str(saved))
+    assert inc.strategy.get_config() == {"temperature": 2.0, "weight": 1.0}

@@ -134,8 +134,14 @@ def serialize(strategy):
 def deserialize(config):
     """Rebuilds a strategy written by `serialize`.
 
+    Each part is made by its constructor, whose checks refuse a config that
+    no constructor call could have written (a crafted or damaged checkpoint:
+    a NaN weight, a bool for a number, an argument the class does not take).
+
     Raises:
-        ValueError: for a part that is not one of this package's strategies.
+        ValueError: for a part that is not one of this package's strategies,
+            or a value its constructor refuses (out of range, not finite).
+        TypeError: for a value of the wrong type, or an unknown argument.
     """
     parts = []
     for part in config["parts"]:
@@ -146,7 +152,14 @@ def deserialize(config):
                 f"one of {sorted(PARTS)}. Pass it to "
                 "`IncrementalModel.restore(path, strategy=...)`."
             )
-        parts.append(cls(**part["config"]))
+        try:
+            parts.append(cls(**part["config"]))
+        except (TypeError, ValueError) as error:
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(
+                f"Cannot rebuild strategy part {part['class']!r} from its "
+                f"config: {error}"
+            ) from error
     if len(parts) == 1 and parts[0].name == config["name"]:
         return parts[0]
     return Combine(*parts, name=config["name"])
