@@ -1,6 +1,8 @@
 """Strategies against forgetting, inside ordinary `model.fit`."""
 
+import inspect
 import json
+import math
 import zipfile
 
 import h5py
@@ -11,8 +13,12 @@ from sklearn.datasets import load_digits
 
 import keras_incremental as ki
 from keras_incremental import strategies
+from keras_incremental.strategies import EWC
+from keras_incremental.strategies import BalancedLoss
 from keras_incremental.strategies import Combine
 from keras_incremental.strategies import Distillation
+from keras_incremental.strategies import LabelSmoothing
+from keras_incremental.strategies import LogitReplay
 from keras_incremental.strategies import Replay
 from keras_incremental.strategies import WeightAligning
 
@@ -311,3 +317,266 @@ def test_herding_replay_combines_with_logit_replay():
     strategy = Combine(Replay("herding"), strategies.LogitReplay())
     assert strategy.selection == "herding"
     assert strategy.needs_logits and strategy.needs_arrays
+
+
+# Every numeric constructor argument of every strategy class: the values
+# accepted (their ranges as documented) and values just outside them.
+NUMBER_ARGUMENTS = [
+    (Distillation, "temperature", [1e-9, 2, 2.0, 1e6], [0, 0.0, -1.0]),
+    (Distillation, "weight", [0, 0.0, 0.7, 5], [-1e-9, -1]),
+    (EWC, "weight", [0, 500, 1000.0], [-1.0]),
+    (LogitReplay, "alpha", [0, 0.5, 3], [-0.5]),
+    (LabelSmoothing, "epsilon", [0, 0.1, 1, 1.0], [-0.1, 1.5]),
+    (BalancedLoss, "power", [0, 0.5, 1], [-0.1, 1.0001]),
+]
+INTEGER_ARGUMENTS = [
+    (EWC, "samples", [1, 200, 2**40], [0, -1]),
+    (EWC, "seed", [0, 7, 2**70], [-1]),
+    (LabelSmoothing, "adopt_epochs", [0, 5], [-1]),
+]
+
+
+def _ids(arguments):
+    return [f"{cls.__name__}.{name}" for cls, name, *_ in arguments]
+
+
+def test_every_numeric_or_boolean_strategy_argument_is_listed():
+    listed = {
+        (cls, name) for cls, name, *_ in NUMBER_ARGUMENTS + INTEGER_ARGUMENTS
+    }
+    found = set()
+    for cls in [*strategies.PARTS.values(), Combine]:
+        for name, parameter in inspect.signature(cls).parameters.items():
+            if isinstance(parameter.default, (bool, int, float)):
+                found.add((cls, name))
+    assert found == listed
+    # The one boolean: `icarl(nme=)`, a factory's (tested below).
+    assert inspect.signature(strategies.icarl).parameters["nme"].default
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", NUMBER_ARGUMENTS, ids=_ids(NUMBER_ARGUMENTS)
+)
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -math.inf, np.float64(math.nan)]
+)
+def test_number_arguments_refuse_non_finite_values(
+    cls, name, valid, invalid, value
+):
+    with pytest.raises(ValueError) as caught:
+        cls(**{name: value})
+    message = str(caught.value)
+    assert f"Received an invalid value for `{name}`, expected a finite" in (
+        message
+    )
+    assert message.endswith(f"Received: {name}={value}"), message
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", NUMBER_ARGUMENTS, ids=_ids(NUMBER_ARGUMENTS)
+)
+@pytest.mark.parametrize("value", [True, False, np.True_])
+def test_number_arguments_refuse_bools(cls, name, valid, invalid, value):
+    with pytest.raises(TypeError) as caught:
+        cls(**{name: value})
+    message = str(caught.value)
+    assert f"`{name}`" in message
+    assert f"Received: {name}={value!r} of type" in message
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", INTEGER_ARGUMENTS, ids=_ids(INTEGER_ARGUMENTS)
+)
+@pytest.mark.parametrize(
+    "value", [True, False, np.True_, math.nan, math.inf, -math.inf, 2.0, "3"]
+)
+def test_integer_arguments_refuse_bools_and_non_integers(
+    cls, name, valid, invalid, value
+):
+    with pytest.raises(TypeError) as caught:
+        cls(**{name: value})
+    message = str(caught.value)
+    assert f"Received an invalid value for `{name}`, expected an integer" in (
+        message
+    )
+    assert f"Received: {name}={value!r} of type" in message
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid",
+    NUMBER_ARGUMENTS + INTEGER_ARGUMENTS,
+    ids=_ids(NUMBER_ARGUMENTS + INTEGER_ARGUMENTS),
+)
+def test_valid_values_are_still_accepted(cls, name, valid, invalid):
+    kind = int if (cls, name, valid, invalid) in INTEGER_ARGUMENTS else float
+    for value in valid:
+        strategy = cls(**{name: value})
+        stored = getattr(strategy, name)
+        assert type(stored) is kind
+        assert stored == value
+        assert strategy.get_config()[name] == stored
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid",
+    NUMBER_ARGUMENTS + INTEGER_ARGUMENTS,
+    ids=_ids(NUMBER_ARGUMENTS + INTEGER_ARGUMENTS),
+)
+def test_values_out_of_range_are_still_refused(cls, name, valid, invalid):
+    for value in invalid:
+        with pytest.raises(ValueError) as caught:
+            cls(**{name: value})
+        message = str(caught.value)
+        assert f"`{name}`" in message
+        assert message.endswith(f"Received: {name}={value}"), message
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", NUMBER_ARGUMENTS, ids=_ids(NUMBER_ARGUMENTS)
+)
+def test_numpy_numbers_are_stored_as_python_floats(cls, name, valid, invalid):
+    for value in valid:
+        given = [np.float64(value), np.float32(value)]
+        if float(value).is_integer():
+            given += [np.int64(value), np.int32(value)]
+        for number in given:
+            strategy = cls(**{name: number})
+            stored = getattr(strategy, name)
+            assert type(stored) is float
+            assert stored == float(number)
+            config = json.loads(json.dumps(strategy.get_config()))
+            assert config[name] == stored
+
+
+@pytest.mark.parametrize(
+    "cls, name, valid, invalid", INTEGER_ARGUMENTS, ids=_ids(INTEGER_ARGUMENTS)
+)
+def test_numpy_integers_are_stored_as_python_ints(cls, name, valid, invalid):
+    for value in valid:
+        given = [np.uint64(value)] if value < 2**64 else []
+        if value < 2**31:
+            given += [np.int64(value), np.int32(value)]
+        for number in given:
+            strategy = cls(**{name: number})
+            stored = getattr(strategy, name)
+            assert type(stored) is int
+            assert stored == value
+            config = json.loads(json.dumps(strategy.get_config()))
+            assert config[name] == stored
+
+
+def test_the_issue_examples():
+    for make in (
+        lambda: Distillation(weight=math.nan),
+        lambda: EWC(weight=math.inf),
+        lambda: LogitReplay(alpha=math.nan),
+    ):
+        with pytest.raises(ValueError, match="expected a finite number >= 0"):
+            make()
+    with pytest.raises(TypeError, match="Received: weight=True of type bool"):
+        Distillation(weight=True)
+    strategy = EWC(samples=np.int64(5))
+    assert type(strategy.samples) is int and strategy.samples == 5
+    json.dumps(strategy.get_config())
+
+
+def test_icarl_nme_is_a_bool():
+    assert isinstance(
+        strategies.icarl().parts[-1], strategies.NearestMeanOfExemplars
+    )
+    for nme, with_nme in [(True, True), (False, False), (np.False_, False)]:
+        parts = strategies.icarl(nme=nme).parts
+        assert (len(parts) == 3) is with_nme
+    for nme in [1, 0, "no", None]:
+        with pytest.raises(TypeError, match=f"Received: nme={nme!r} of type"):
+            strategies.icarl(nme=nme)
+
+
+@pytest.mark.parametrize(
+    "config, error, pattern",
+    [
+        ({"weight": math.nan}, ValueError, "Received: weight=nan"),
+        ({"weight": math.inf}, ValueError, "Received: weight=inf"),
+        ({"temperature": -math.inf}, ValueError, "temperature=-inf"),
+        ({"weight": True}, TypeError, "Received: weight=True of type bool"),
+        ({"weight": None}, TypeError, "Received: weight=None"),
+        ({"weight": "1.0"}, TypeError, "Received: weight='1.0'"),
+        ({"wieght": 1.0}, TypeError, "unexpected keyword"),
+    ],
+)
+def test_deserialize_goes_through_the_constructor_checks(
+    config, error, pattern
+):
+    crafted = {
+        "name": "mine",
+        "parts": [
+            {"class": "Replay", "config": {"selection": "random"}},
+            {"class": "Distillation", "config": config},
+        ],
+    }
+    with pytest.raises(error, match=pattern) as caught:
+        strategies.deserialize(crafted)
+    assert "Cannot rebuild strategy part 'Distillation'" in str(caught.value)
+
+
+def test_deserialize_of_numpy_numbers_gives_json():
+    strategy = Combine(
+        Distillation(np.float32(2.0), np.int64(1)),
+        EWC(np.float64(5.0), np.int64(50), np.uint8(3)),
+        LabelSmoothing(np.float64(0.2), np.int32(2)),
+        name="numpy",
+    )
+    written = json.loads(json.dumps(strategies.serialize(strategy)))
+    rebuilt = strategies.deserialize(written)
+    assert strategies.serialize(rebuilt) == written
+    assert written["parts"][1]["config"] == {
+        "weight": 5.0,
+        "samples": 50,
+        "seed": 3,
+    }
+
+
+def _crafted_checkpoint(saved, tmp_path, name, change):
+    with zipfile.ZipFile(saved) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    state = json.loads(members["keras_incremental/state.json"])
+    change(state)
+    members["keras_incremental/state.json"] = json.dumps(state).encode()
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+    return path
+
+
+def test_restore_refuses_a_crafted_strategy_config(digits, tmp_path):
+    saved = tmp_path / "stages.keras"
+    run(digits, Distillation(), plan=PLAN[:1], epochs=1, checkpoint=saved)
+
+    def config(state):
+        parts = state["settings"]["strategy"]["parts"]
+        assert [p["class"] for p in parts] == ["Distillation"]
+        return parts[0]["config"]
+
+    def nan_weight(state):
+        # Format 1 wrote bare NaN (accuracies), so the file's JSON may
+        # hold one anywhere: the constructor refuses it.
+        state["format"] = 1
+        config(state)["weight"] = math.nan
+
+    def bool_weight(state):
+        config(state)["weight"] = True
+
+    path = _crafted_checkpoint(saved, tmp_path, "nan.keras", nan_weight)
+    refused = "Cannot rebuild strategy part 'Distillation' from its config"
+    with pytest.raises(ValueError, match=f"{refused}.*Received: weight=nan$"):
+        ki.IncrementalModel.restore(str(path))
+    path = _crafted_checkpoint(saved, tmp_path, "bool.keras", bool_weight)
+    with pytest.raises(ValueError, match="weight=True of type bool") as caught:
+        ki.IncrementalModel.restore(str(path))
+    assert "bool.keras" in str(caught.value)
+    assert refused in str(caught.value)
+    # The file as written is restored.
+    with pytest.warns(UserWarning, match="evaluation"):
+        _, inc = ki.IncrementalModel.restore(str(saved))
+    assert inc.strategy.get_config() == {"temperature": 2.0, "weight": 1.0}

@@ -24,6 +24,7 @@ from keras_incremental.strategies.strategy import Combine
 from keras_incremental.strategies.strategy import StageContext
 from keras_incremental.strategies.strategy import Strategy
 from keras_incremental.strategies.weight_aligning import WeightAligning
+from keras_incremental.utils.checks import check_bool
 
 
 def finetune():
@@ -32,10 +33,10 @@ def finetune():
 
 
 def icarl(nme=True):
-    """iCaRL: herding exemplars, distillation and, with `nme`, the
+    """iCaRL: herding exemplars, distillation and, with `nme` (a bool), the
     nearest-mean-of-exemplars classifier in `IncrementalModel.predict`."""
     parts = [Replay(selection="herding"), Distillation()]
-    if nme:
+    if check_bool(nme, "nme"):
         parts.append(NearestMeanOfExemplars())
     return Combine(*parts, name="icarl")
 
@@ -133,8 +134,14 @@ def serialize(strategy):
 def deserialize(config):
     """Rebuilds a strategy written by `serialize`.
 
+    Each part is made by its constructor, whose checks refuse a config that
+    no constructor call could have written (a crafted or damaged checkpoint:
+    a NaN weight, a bool for a number, an argument the class does not take).
+
     Raises:
-        ValueError: for a part that is not one of this package's strategies.
+        ValueError: for a part that is not one of this package's strategies,
+            or a value its constructor refuses (out of range, not finite).
+        TypeError: for a value of the wrong type, or an unknown argument.
     """
     parts = []
     for part in config["parts"]:
@@ -145,7 +152,14 @@ def deserialize(config):
                 f"one of {sorted(PARTS)}. Pass it to "
                 "`IncrementalModel.restore(path, strategy=...)`."
             )
-        parts.append(cls(**part["config"]))
+        try:
+            parts.append(cls(**part["config"]))
+        except (TypeError, ValueError) as error:
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(
+                f"Cannot rebuild strategy part {part['class']!r} from its "
+                f"config: {error}"
+            ) from error
     if len(parts) == 1 and parts[0].name == config["name"]:
         return parts[0]
     return Combine(*parts, name=config["name"])

@@ -3,6 +3,7 @@ import numpy as np
 
 from keras_incremental import compat
 from keras_incremental.strategies.strategy import Strategy
+from keras_incremental.utils.checks import check_number
 
 
 class BalancedLoss(Strategy):
@@ -34,11 +35,7 @@ class BalancedLoss(Strategy):
     name = "balanced"
 
     def __init__(self, power=1.0):
-        if not isinstance(power, (int, float)) or not 0 <= power <= 1:
-            raise ValueError(
-                f"Expected `power` in [0, 1]. Received: power={power!r}"
-            )
-        self.power = float(power)
+        self.power = check_number(power, "power", minimum=0, maximum=1)
         self._weights = None
 
     def begin_stage(self, context):

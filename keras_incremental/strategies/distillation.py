@@ -4,6 +4,7 @@ from keras_incremental.layers.masking import mask_columns
 from keras_incremental.strategies.features import logits_of
 from keras_incremental.strategies.features import masked_units
 from keras_incremental.strategies.strategy import Strategy
+from keras_incremental.utils.checks import check_number
 
 
 class Distillation(Strategy):
@@ -38,21 +39,10 @@ class Distillation(Strategy):
     needs_teacher = True
 
     def __init__(self, temperature=2.0, weight=1.0):
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or temperature <= 0
-        ):
-            raise ValueError(
-                "Expected a positive `temperature`. "
-                f"Received: temperature={temperature!r}"
-            )
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(
-                f"Expected a non-negative `weight`. Received: weight={weight!r}"
-            )
-        self.temperature = float(temperature)
-        self.weight = float(weight)
+        self.temperature = check_number(
+            temperature, "temperature", minimum=0, include_minimum=False
+        )
+        self.weight = check_number(weight, "weight", minimum=0)
         # The loss as an object: given the default string, Keras 3.15 applies
         # `kl_divergence` to the scaled logits themselves rather than to
         # their softmax, which is not a divergence (and can go negative).

@@ -4,6 +4,8 @@ import numpy as np
 from keras_incremental.optimizers.gradients import gradient_function
 from keras_incremental.strategies.features import logits_of
 from keras_incremental.strategies.strategy import Strategy
+from keras_incremental.utils.checks import check_integer
+from keras_incremental.utils.checks import check_number
 
 
 class EWC(Strategy):
@@ -21,8 +23,9 @@ class EWC(Strategy):
     Args:
         weight: The penalty's weight (lambda), >= 0. Defaults to `1000.0`.
         samples: How many of the stage's samples estimate the Fisher
-            information. Defaults to `200`.
-        seed: Seed choosing those samples. Defaults to `0`.
+            information, a positive integer. Defaults to `200`.
+        seed: Seed choosing those samples, a non-negative integer. Defaults
+            to `0`.
 
     Example:
 
@@ -41,22 +44,10 @@ class EWC(Strategy):
     needs_arrays = True
 
     def __init__(self, weight=1000.0, samples=200, seed=0):
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(
-                f"Expected a non-negative `weight`. Received: weight={weight!r}"
-            )
-        if (
-            isinstance(samples, bool)
-            or not isinstance(samples, int)
-            or (samples < 1)
-        ):
-            raise ValueError(
-                "Expected `samples` to be a positive integer. "
-                f"Received: samples={samples!r}"
-            )
-        self.weight = float(weight)
-        self.samples = samples
-        self.seed = seed
+        self.weight = check_number(weight, "weight", minimum=0)
+        self.samples = check_integer(samples, "samples", 1)
+        # NumPy's generators take any non-negative integer.
+        self.seed = check_integer(seed, "seed", 0)
         self._fisher = {}
         self._anchor = {}
 

@@ -5,6 +5,8 @@ from keras_incremental.optimizers.gradients import gradient_function
 from keras_incremental.strategies.features import logits_of
 from keras_incremental.strategies.features import masked_units
 from keras_incremental.strategies.strategy import Strategy
+from keras_incremental.utils.checks import check_integer
+from keras_incremental.utils.checks import check_number
 
 
 class LabelSmoothing(Strategy):
@@ -51,25 +53,8 @@ class LabelSmoothing(Strategy):
     name = "label_smoothing"
 
     def __init__(self, epsilon=0.1, adopt_epochs=5):
-        if (
-            isinstance(epsilon, bool)
-            or not isinstance(epsilon, (int, float))
-            or not 0 <= epsilon <= 1
-        ):
-            raise ValueError(
-                f"Expected `epsilon` in [0, 1]. Received: epsilon={epsilon!r}"
-            )
-        if (
-            isinstance(adopt_epochs, bool)
-            or not isinstance(adopt_epochs, int)
-            or adopt_epochs < 0
-        ):
-            raise ValueError(
-                "Expected a non-negative integer `adopt_epochs`. "
-                f"Received: adopt_epochs={adopt_epochs!r}"
-            )
-        self.epsilon = float(epsilon)
-        self.adopt_epochs = adopt_epochs
+        self.epsilon = check_number(epsilon, "epsilon", minimum=0, maximum=1)
+        self.adopt_epochs = check_integer(adopt_epochs, "adopt_epochs", 0)
 
     def _term(self, logits, mask=None):
         ops = keras.ops

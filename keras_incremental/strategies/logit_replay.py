@@ -1,6 +1,7 @@
 import keras
 
 from keras_incremental.strategies.strategy import Strategy
+from keras_incremental.utils.checks import check_number
 
 
 class LogitReplay(Strategy):
@@ -35,11 +36,7 @@ class LogitReplay(Strategy):
     needs_arrays = True
 
     def __init__(self, alpha=0.5):
-        if not isinstance(alpha, (int, float)) or alpha < 0:
-            raise ValueError(
-                f"Expected a non-negative `alpha`. Received: alpha={alpha!r}"
-            )
-        self.alpha = float(alpha)
+        self.alpha = check_number(alpha, "alpha", minimum=0)
 
     def loss(self, context, x, y, y_pred):
         if not isinstance(y, tuple):
