@@ -1194,7 +1194,7 @@ def _restored_strategy(path, saved, strategy, has_arrays):
     if strategy is None:
         try:
             strategy = strategies.deserialize(saved)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ValueError(
                 f"Checkpoint '{path}' is not valid: its strategy cannot be "
                 f"rebuilt ({error}); pass `strategy=` to `restore`."

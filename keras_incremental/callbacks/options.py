@@ -7,7 +7,6 @@ that cannot change once the run exists (the memory's budget and seed, the
 head) is refused with a message saying why.
 """
 
-import numbers
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ from keras_incremental.data import stage_data
 from keras_incremental.models.freezing import check_freeze_spec
 from keras_incremental.optimizers.learning_rates import check_learning_rates
 from keras_incremental.saving import checkpoint as checkpoints
+from keras_incremental.utils.checks import check_integer
 from keras_incremental.utils.checks import check_unit_count
 
 
@@ -52,14 +52,8 @@ def _learning_rates(value):
 
 
 def _seed(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"Expected an integer seed. Received: {value!r}")
-    if not 0 <= value < 2**63:
-        raise ValueError(
-            "Expected `seed` to be an integer in [0, 2**63) (NumPy's "
-            f"random generators take no other). Received: seed={value}"
-        )
-    return int(value)
+    # NumPy's random generators take no other.
+    return check_integer(value, "seed", 0, maximum=2**63 - 1)
 
 
 def _evaluation(value):
