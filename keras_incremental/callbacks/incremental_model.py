@@ -9,24 +9,24 @@ stage's data), `Teacher`, `StageFunctions` (the compiled-function cache),
 `docs/architecture.md`.
 """
 
-import copy
 import dataclasses
 import functools
 import uuid
-import warnings
 
 import keras
 import numpy as np
 
 from keras_incremental import compat
-from keras_incremental import strategies
 from keras_incremental.callbacks import capacity as capacities
 from keras_incremental.callbacks import evaluation
 from keras_incremental.callbacks import stage_loss
 from keras_incremental.callbacks import stage_variables
 from keras_incremental.callbacks.layer_training import LayerTraining
+from keras_incremental.callbacks.memory_update import memory_functions
+from keras_incremental.callbacks.memory_update import updated_memory
 from keras_incremental.callbacks.options import Option
 from keras_incremental.callbacks.options import RunOptions
+from keras_incremental.callbacks.run_start import read_saved_run
 from keras_incremental.callbacks.serving_exports import export_stage
 from keras_incremental.callbacks.step_functions import StageFunctions
 from keras_incremental.callbacks.teacher import Teacher
@@ -48,7 +48,6 @@ from keras_incremental.saving import checkpoint as checkpoints
 from keras_incremental.saving.destinations import check_destination
 from keras_incremental.saving.run_state import RunState
 from keras_incremental.strategies import StageContext
-from keras_incremental.strategies.features import feature_extractor
 from keras_incremental.strategies.features import outputs
 
 
@@ -932,43 +931,22 @@ class IncrementalModel(keras.callbacks.Callback):
         return evaluation.summarize(self.history_)
 
     def _updated_memory(self):
-        """The memory after this stage's samples, updated on a copy: the
-        run's own changes only when the stage is committed."""
-        prepared = self._prepared
-        if prepared is None or not self.memory_size:
+        """The memory after this stage's samples, updated on a copy."""
+        if self._prepared is None or not self.memory_size:
             return self.memory
-        samples = prepared.samples
-        if stage_data.is_dataset(samples):
-            samples = stage_data.dataset_arrays(samples, self.encoder)
-        embed, predict = self._memory_functions()
-        # `update` replaces the memory's arrays rather than writing into
-        # them: a shallow copy keeps the run's own memory as it was, without
-        # a second copy of the exemplars.
-        memory = copy.copy(self.memory)
-        memory.selection = self._selection()
-        memory.update(*samples, embed=embed, predict=predict)
-        return memory
+        return updated_memory(
+            self.memory,
+            self._prepared.samples,
+            self.encoder,
+            self.strategy,
+            self.model,
+            self._head(),
+        )
 
     def _memory_functions(self):
-        """What the memory needs of the model: features for herding, logits
-        for logit replay; `(embed, predict)`, each `None` when not needed."""
-        herding = self.strategy.selection == "herding"
-        if not herding and not self.strategy.needs_logits:
-            return None, None
         model = self._known_model()
-        if model is None:
-            raise ValueError(
-                f"The strategy {self.strategy.name!r} chooses or stores "
-                "exemplars with the model's outputs, and there is no model "
-                "yet; expected `model=` in `IncrementalModel` (or `adopt`)."
-            )
-        embed = predict = None
-        if herding:
-            extractor = feature_extractor(model, self._head(model))
-            embed = functools.partial(outputs, extractor)
-        if self.strategy.needs_logits:
-            predict = functools.partial(outputs, model)
-        return embed, predict
+        head = None if model is None else self._head(model)
+        return memory_functions(model, head, self.strategy)
 
     def state(self):
         """The run's state for the checkpoint, as a JSON-able dict.
@@ -1118,62 +1096,36 @@ class IncrementalModel(keras.callbacks.Callback):
                 that disagree, unsafe or oversized contents). Nothing is
                 changed.
         """
-        model, state, memory, arrays = checkpoints.read_checkpoint(
-            path, ExemplarMemory
-        )
-        path = checkpoints.check_checkpoint_path(path)
-        settings = dict(state.settings)
-        strategy, same_parts = _restored_strategy(
-            path, settings["strategy"], strategy, bool(arrays)
-        )
-        settings["strategy"] = strategy
-        if freeze is not None:
-            settings["freeze"] = freeze
-        elif state.freeze_callable:
-            warnings.warn(
-                f"The run saved in '{path}' froze layers with a callable, "
-                "which a checkpoint cannot hold; the next stages train every "
-                "layer unless you pass `freeze=` to `restore`.",
-                stacklevel=2,
-            )
-        if evaluation is None and state.evaluation:
-            warnings.warn(
-                f"The run saved in '{path}' had `evaluation` data, which a "
-                "checkpoint does not hold; pass `evaluation=` to `restore` to "
-                "keep measuring accuracy (`metrics()` is empty otherwise).",
-                stacklevel=2,
-            )
+        saved = read_saved_run(path, strategy, freeze, evaluation)
         inc = cls(
-            model=model,
-            checkpoint=path if checkpoint is None else checkpoint,
+            model=saved.model,
+            checkpoint=saved.path if checkpoint is None else checkpoint,
             report=report,
             export_dir=export_dir,
             evaluation=evaluation,
             capacity=capacity,
-            **settings,
+            **saved.settings,
         )
-        if same_parts:
-            inc.strategy.set_state(arrays)
-            try:
-                inc.strategy.check_state(model)
-            except ValueError as error:
-                raise ValueError(
-                    f"Checkpoint '{path}' is not valid: {error}"
-                ) from error
-        inc.encoder = LabelEncoder(list(state.classes) or None)
-        inc._records = state.replace(run=state.run or inc._records.run)
-        if memory is not None:
-            inc.memory = memory
+        inc._resume(saved)
+        return saved.model, inc
+
+    def _resume(self, saved):
+        """Takes a checkpoint's classes, records, memory and learning-rate
+        groups (the strategy took its arrays in `read_saved_run`)."""
+        state = saved.state
+        self.encoder = LabelEncoder(list(state.classes) or None)
+        self._records = state.replace(run=state.run or self._records.run)
+        if saved.memory is not None:
+            self.memory = saved.memory
         if state.groups is not None:
-            inc._training = LayerTraining(state.groups, state.base_rate)
-        head = inc._head(model)
-        frozen = layers_to_freeze(model, head, inc.freeze)
+            self._training = LayerTraining(state.groups, state.base_rate)
+        head = self._head()
+        frozen = layers_to_freeze(self.model, head, self.freeze)
         if not head.trainable and head not in frozen:
             # Frozen by a strategy that sets the head's weights itself:
             # trained again if the next stage's strategy does not.
             frozen.append(head)
-        inc._training.frozen = frozen
-        return model, inc
+        self._training.frozen = frozen
 
 
 def target_spec(model, head, encoder):
@@ -1185,31 +1137,6 @@ def target_spec(model, head, encoder):
     if model is not None:
         width = max(width, find_head(model, head).units)
     return stage_data.TargetSpec(fmt, width)
-
-
-def _restored_strategy(path, saved, strategy, has_arrays):
-    """The strategy a restored run goes on with, and whether it has the
-    saved one's parts (then it takes the saved arrays)."""
-    saved_parts = [p["class"] for p in saved["parts"]]
-    if strategy is None:
-        try:
-            strategy = strategies.deserialize(saved)
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"Checkpoint '{path}' is not valid: its strategy cannot be "
-                f"rebuilt ({error}); pass `strategy=` to `restore`."
-            ) from error
-    strategy = strategies.get(strategy)
-    # What the saved strategy learned (EWC's importances) goes on with a
-    # strategy of the same parts, whatever their settings.
-    same_parts = [type(p).__name__ for p in strategy.parts] == saved_parts
-    if has_arrays and not same_parts:
-        warnings.warn(
-            f"The strategy saved in '{path}' ({saved_parts}) learned "
-            f"state that {strategy.name!r} cannot take; it is dropped.",
-            stacklevel=3,
-        )
-    return strategy, same_parts
 
 
 def _count(groups):
