@@ -18,8 +18,7 @@ from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.models.limits import WIDTH_KEEPING_LAYERS
 from keras_incremental.saving.files import keras_file_path
-
-_PREVIEW = 10
+from keras_incremental.utils.messages import preview
 
 
 def adopt_model(source, classes, head=None):
@@ -182,7 +181,7 @@ def _check_classes(classes):
         raise TypeError(
             "Expected `classes` to be a list, tuple or 1-D NumPy array of "
             "class names, one per output unit of the head, in column order. "
-            f"Received: classes={_short(classes)} of type "
+            f"Received: classes={preview(classes)} of type "
             f"{type(classes).__name__}"
         )
     try:
@@ -190,14 +189,14 @@ def _check_classes(classes):
     except TypeError as error:
         raise TypeError(
             "Expected hashable class names in `classes` (such as strings or "
-            f"integers). Received: classes={_short(names)}"
+            f"integers). Received: classes={preview(names)}"
         ) from error
     duplicates = [name for name, count in counts.items() if count > 1]
     if duplicates:
         raise ValueError(
-            f"Expected unique class names in `classes`; {_short(duplicates)} "
+            f"Expected unique class names in `classes`; {preview(duplicates)} "
             "appear more than once, so their columns could not be told "
-            f"apart. Received: classes={_short(names)}"
+            f"apart. Received: classes={preview(names)}"
         )
 
 
@@ -206,7 +205,7 @@ def _check_count(classes, layer):
         raise ValueError(
             "Expected one name in `classes` per output unit of the head "
             f"'{layer.name}', which has {layer.units} units. Received "
-            f"{len(classes)} names: classes={_short(classes)}"
+            f"{len(classes)} names: classes={preview(classes)}"
         )
 
 
@@ -344,7 +343,7 @@ def _output_dense(model):
             "`keras.layers.Dense` output layer, followed by nothing but "
             "layers without weights that keep the width (such as `Softmax` "
             "or `Activation`). Received a model with layers: "
-            f"{_short([item.name for item in model.layers])}"
+            f"{preview([item.name for item in model.layers])}"
         )
 
 
@@ -363,7 +362,7 @@ def _named_layer(model, head):
             raise ValueError(
                 f"No layer named '{head}' in model '{model.name}'; expected "
                 f"the name of its output `Dense`, one of "
-                f"{_short([layer.name for layer in layers], 50)}. "
+                f"{preview([layer.name for layer in layers], 50)}. "
                 f"Received: head='{head}'"
             )
         chosen = matches[-1]
@@ -429,8 +428,8 @@ def _variable_pairs(source, adopted):
             f"The copy of model '{source.name}' does not have the same "
             "variables as the model; expected a model whose layers rebuild "
             "their variables from their configuration. Received variables "
-            f"{_short([v.name for v in old_variables])}, copied as "
-            f"{_short([v.name for v in new_variables])}"
+            f"{preview([v.name for v in old_variables])}, copied as "
+            f"{preview([v.name for v in new_variables])}"
         )
     return list(zip(old_variables, new_variables, strict=True))
 
@@ -535,13 +534,3 @@ def _describe(head):
     if isinstance(head, keras.layers.Layer):
         return f"<{type(head).__name__} name={head.name}>"
     return repr(head)
-
-
-def _short(items, limit=_PREVIEW):
-    try:
-        items = list(items)
-    except TypeError:
-        return repr(items)
-    if len(items) <= limit:
-        return repr(items)
-    return repr(items[:limit])[:-1] + f", ... ({len(items)} in all)]"

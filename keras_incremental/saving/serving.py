@@ -28,6 +28,7 @@ from keras_incremental.saving import export_worker
 from keras_incremental.saving.files import open_mode
 from keras_incremental.saving.files import partial_prefix
 from keras_incremental.saving.files import remove_stale_partials
+from keras_incremental.utils.messages import preview
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "inputs"
@@ -37,6 +38,8 @@ MAX_WARMUP_RECORDS = 1000
 METADATA_FILE = os.path.join("assets.extra", "keras_incremental.json")
 # The largest metadata file written, and read back by `exported_versions`.
 MAX_METADATA_BYTES = 2**20
+# The most characters of a wrong `metadata` that an error message shows.
+_SHOWN = 200
 
 
 def export_for_serving(
@@ -559,7 +562,7 @@ def _metadata_text(metadata):
     if not isinstance(metadata, dict):
         raise TypeError(
             "Expected `metadata` to be a dict (of JSON values) or `None`. "
-            f"Received: metadata={_shortened(metadata)} of type "
+            f"Received: metadata={preview(metadata, width=_SHOWN)} of type "
             f"{type(metadata).__name__}"
         )
     try:
@@ -570,20 +573,20 @@ def _metadata_text(metadata):
             "Expected `metadata` to hold JSON values only (strings, numbers, "
             f"booleans, `None`, lists and dicts of these); {error}. Convert "
             "the others (NumPy numbers with `int` or `float`, for instance). "
-            f"Received: metadata={_shortened(metadata)}"
+            f"Received: metadata={preview(metadata, width=_SHOWN)}"
         ) from error
     except (ValueError, RecursionError) as error:
         raise ValueError(
             "Expected `metadata` to be writable as JSON: no NaN or infinite "
             f"numbers, no circular or too deep nesting ({error}). "
-            f"Received: metadata={_shortened(metadata)}"
+            f"Received: metadata={preview(metadata, width=_SHOWN)}"
         ) from error
     if read_back != metadata:
         raise ValueError(
             "Expected `metadata` to read back equal from JSON, with string "
             "keys and lists rather than tuples; it would read back as "
-            f"{_shortened(read_back)}. "
-            f"Received: metadata={_shortened(metadata)}"
+            f"{preview(read_back, width=_SHOWN)}. "
+            f"Received: metadata={preview(metadata, width=_SHOWN)}"
         )
     size = len(text.encode("utf-8"))
     if size > MAX_METADATA_BYTES:
@@ -593,15 +596,6 @@ def _metadata_text(metadata):
             "file of its own and its path in `metadata`."
         )
     return text
-
-
-def _shortened(value, limit=200):
-    """`repr(value)`, cut to about `limit` characters for an error message."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        return f"<a {type(value).__name__} nested too deep to show>"
-    return text if len(text) <= limit else text[:limit] + "...(cut)"
 
 
 def _write_metadata(path, text):
