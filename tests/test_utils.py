@@ -1,8 +1,14 @@
 """Tests for `keras_incremental.utils`: the helpers every part shares."""
 
+import os
+import pathlib
+
 import numpy as np
 import pytest
 
+from keras_incremental.saving import checkpoint
+from keras_incremental.saving import files
+from keras_incremental.utils.checks import check_path
 from keras_incremental.utils.messages import PREVIEW_ITEMS
 from keras_incremental.utils.messages import preview
 
@@ -46,3 +52,74 @@ def test_preview_names_a_value_too_deep_to_show():
     for _ in range(100_000):
         deep = [deep]
     assert preview({"deep": deep}) == "<a dict nested too deep to show>"
+
+
+class _BytesPath:
+    def __fspath__(self):
+        return os.fsencode("run/model.keras")
+
+
+def test_check_path_gives_a_string():
+    assert check_path("a/b", "where") == "a/b"
+    assert check_path(pathlib.Path("a", "b.json"), "report", ".json") == (
+        os.path.join("a", "b.json")
+    )
+    assert check_path(_BytesPath(), "source", ".keras") == "run/model.keras"
+
+
+@pytest.mark.parametrize(
+    "path, kwargs, message",
+    [
+        (
+            3,
+            {},
+            "Expected `where` to be a path (a string or `os.PathLike`). "
+            "Received: where=3 of type int",
+        ),
+        (
+            None,
+            {"suffix": ".json"},
+            "Expected `where` to be a path (a string or `os.PathLike`) "
+            "ending in '.json'. Received: where=None of type NoneType",
+        ),
+        (
+            b"a/b",
+            {"folder": True},
+            "Expected `where` to be a folder path (a string or "
+            "`os.PathLike`). Received: where=b'a/b' of type bytes",
+        ),
+    ],
+)
+def test_check_path_refuses_what_is_not_a_path(path, kwargs, message):
+    with pytest.raises(TypeError) as info:
+        check_path(path, "where", **kwargs)
+    assert str(info.value) == message
+
+
+def test_check_path_refuses_another_suffix():
+    with pytest.raises(ValueError) as info:
+        check_path("r.txt", "report", ".json")
+    assert str(info.value) == (
+        "Expected `report` to be a `.json` file (a path ending in '.json'). "
+        "Received: report='r.txt'"
+    )
+    with pytest.raises(ValueError, match=r"report='r.txt'\. Write JSON\.$"):
+        check_path(pathlib.Path("r.txt"), "report", ".json", hint="Write JSON.")
+
+
+def test_path_checks_of_the_package_are_check_path():
+    # The checkpoint, `.keras` source and folder checks give its messages.
+    with pytest.raises(
+        ValueError, match="Expected `checkpoint` to be a `.keras"
+    ):
+        checkpoint.check_checkpoint_path("stages.h5")
+    with pytest.raises(ValueError, match="Received: path='stages.h5'"):
+        checkpoint.check_checkpoint_path("stages.h5", argument="path")
+    with pytest.raises(TypeError, match="Expected `checkpoint` to be a path"):
+        checkpoint.check_checkpoint_path(3)
+    with pytest.raises(ValueError, match="Received: source='m.h5'. Such a"):
+        files.keras_file_path("m.h5", "Load it yourself.")
+    with pytest.raises(TypeError, match="`source` to be a path"):
+        files.keras_file_path(3, "Load it yourself.")
+    with pytest.raises(TypeError, match="`folder` to be a folder path"):
+        files.remove_stale_partials(3)

@@ -21,6 +21,7 @@ from keras import ops
 
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.saving import safe_read
+from keras_incremental.utils.checks import check_path
 from keras_incremental.utils.messages import preview
 
 _WEIGHTS_MEMBER = "model.weights.h5"
@@ -686,14 +687,14 @@ def _source_entries(source):
             f"`keras.Model`. Received: source={source!r} of type "
             f"{type(source).__name__}"
         )
-    path = os.fsdecode(os.fspath(source))
-    if not path.endswith(".keras"):
-        raise ValueError(
-            "Expected `source` to be a `.keras` file, as written by "
-            f"`model.save('name.keras')`. Received: source='{path}'. For a "
-            "`.weights.h5` file, build the old model, `load_weights` into it "
-            "and pass that model."
-        )
+    path = check_path(
+        source,
+        "source",
+        ".keras",
+        hint="Such a file is written by `model.save('name.keras')`. For a "
+        "`.weights.h5` file, build the old model, `load_weights` into it and "
+        "pass that model.",
+    )
     with safe_read.open_zip(path, "`.keras` file `source`") as archive:
         if _WEIGHTS_MEMBER not in archive.namelist():
             raise ValueError(

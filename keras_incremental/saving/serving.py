@@ -28,6 +28,7 @@ from keras_incremental.saving import export_worker
 from keras_incremental.saving.files import open_mode
 from keras_incremental.saving.files import partial_prefix
 from keras_incremental.saving.files import remove_stale_partials
+from keras_incremental.utils.checks import check_path
 from keras_incremental.utils.messages import preview
 
 SIGNATURE_NAME = "serving_default"
@@ -352,12 +353,7 @@ def _check_class_count(names, width):
 
 
 def _check_export_dir(export_dir):
-    if not isinstance(export_dir, (str, os.PathLike)):
-        raise TypeError(
-            "Expected `export_dir` to be a folder path. Received: "
-            f"export_dir={export_dir!r} of type {type(export_dir).__name__}"
-        )
-    export_dir = os.fspath(export_dir)
+    export_dir = check_path(export_dir, "export_dir", folder=True)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(
             f"'{export_dir}' is a file; expected `export_dir` to be a folder "
