@@ -17,6 +17,9 @@ import numpy as np
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.models.limits import WIDTH_KEEPING_LAYERS
+from keras_incremental.optimizers.slots import copy_slots
+from keras_incremental.optimizers.slots import leaf_optimizers
+from keras_incremental.optimizers.slots import optimizer_tree
 from keras_incremental.saving.files import keras_file_path
 from keras_incremental.utils.messages import preview
 
@@ -434,12 +437,6 @@ def _variable_pairs(source, adopted):
     return list(zip(old_variables, new_variables, strict=True))
 
 
-def _optimizer_tree(optimizer):
-    yield optimizer
-    for child in compat.optimizer_children(optimizer):
-        yield from _optimizer_tree(child)
-
-
 def _carry_optimizer_state(source, adopted):
     """Copies the optimizer state of `source` into the copy's optimizer.
 
@@ -455,14 +452,14 @@ def _carry_optimizer_state(source, adopted):
         return
     if not new.built:
         new.build(adopted.trainable_variables)
-    old_tree = list(_optimizer_tree(old))
-    new_tree = list(_optimizer_tree(new))
+    old_tree = list(optimizer_tree(old))
+    new_tree = list(optimizer_tree(new))
     if [type(o) for o in old_tree] != [type(o) for o in new_tree]:
         # One side wraps its optimizer in a loss scaler and the other does
         # not (the global dtype policy changed in between): pair the
         # optimizers that hold the slots.
-        old_tree = _leaves(old_tree)
-        new_tree = _leaves(new_tree)
+        old_tree = leaf_optimizers(old)
+        new_tree = leaf_optimizers(new)
     if [type(o) for o in old_tree] != [type(o) for o in new_tree]:
         raise ValueError(
             f"The optimizer of the copy of model '{source.name}' differs "
@@ -475,29 +472,10 @@ def _carry_optimizer_state(source, adopted):
             _copy_optimizer(old_opt, new_opt, pairs)
 
 
-def _leaves(optimizers):
-    return [o for o in optimizers if not compat.optimizer_children(o)]
-
-
 def _copy_optimizer(old, new, pairs):
+    copy_slots(old, new, pairs)
     old_lists = dict(compat.optimizer_slot_lists(old))
     new_lists = compat.optimizer_slot_lists(new)
-    for old_variable, new_variable in pairs:
-        if not (
-            compat.optimizer_knows(old, old_variable)
-            and compat.optimizer_knows(new, new_variable)
-        ):
-            continue
-        old_index = compat.optimizer_variable_index(old, old_variable)
-        new_index = compat.optimizer_variable_index(new, new_variable)
-        for kind, slots in new_lists:
-            slot = slots[new_index]
-            source_slots = old_lists.get(kind)
-            if slot is None or source_slots is None:
-                continue
-            value = source_slots[old_index]
-            if value is not None and tuple(value.shape) == tuple(slot.shape):
-                slot.assign(_numpy(value))
     # The optimizer's own variables (`iteration`, `learning_rate`, a loss
     # scale and its counter), by name: slots are named after paths, which
     # differ between the copies, and were copied above.

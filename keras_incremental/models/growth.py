@@ -10,6 +10,7 @@ from keras import ops
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.layers.new_units import new_units_value
+from keras_incremental.optimizers.slots import optimizer_tree
 from keras_incremental.utils.checks import check_unit_count
 from keras_incremental.utils.patterns import MAX_NAME_LENGTH
 from keras_incremental.utils.patterns import compile_pattern
@@ -265,12 +266,6 @@ def traced_variables(model):
     return compat.backend_variable_ids(variables)
 
 
-def _optimizer_tree(optimizer):
-    yield optimizer
-    for child in compat.optimizer_children(optimizer):
-        yield from _optimizer_tree(child)
-
-
 def _plan_optimizer(model, head):
     """Finds, and checks, the optimizer slots that must follow the head.
 
@@ -283,7 +278,7 @@ def _plan_optimizer(model, head):
         return []
     head_variables = list(head.weights)
     plan = []
-    for candidate in _optimizer_tree(optimizer):
+    for candidate in optimizer_tree(optimizer):
         if not candidate.built:
             continue
         known = [
