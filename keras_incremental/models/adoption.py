@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.models.heads import find_layer
 from keras_incremental.models.limits import WIDTH_KEEPING_LAYERS
 from keras_incremental.optimizers.slots import copy_slots
 from keras_incremental.optimizers.slots import leaf_optimizers
@@ -350,37 +351,8 @@ def _output_dense(model):
         )
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
-
 def _named_layer(model, head):
-    layers = list(_all_layers(model))
-    if isinstance(head, str):
-        matches = [layer for layer in layers if layer.name == head]
-        if not matches:
-            raise ValueError(
-                f"No layer named '{head}' in model '{model.name}'; expected "
-                f"the name of its output `Dense`, one of "
-                f"{preview([layer.name for layer in layers], 50)}. "
-                f"Received: head='{head}'"
-            )
-        chosen = matches[-1]
-    elif isinstance(head, keras.layers.Layer):
-        if not any(layer is head for layer in layers):
-            raise ValueError(
-                f"Layer '{head.name}' is not part of model '{model.name}'; "
-                f"expected its output `Dense`. Received: head={head!r}"
-            )
-        chosen = head
-    else:
-        raise TypeError(
-            "Expected `head` to be a layer name, a layer or `None`. "
-            f"Received: head={head!r} of type {type(head).__name__}"
-        )
+    chosen = find_layer(model, head, "head")
     if not isinstance(chosen, keras.layers.Dense):
         raise TypeError(
             f"Layer '{chosen.name}' is a `{type(chosen).__name__}`; expected "

@@ -20,6 +20,7 @@ import numpy as np
 from keras import ops
 
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.models.heads import find_layer
 from keras_incremental.saving import safe_read
 from keras_incremental.utils.checks import check_path
 from keras_incremental.utils.messages import preview
@@ -386,7 +387,6 @@ def _children(layer):
 
 
 def _find_head(model, targets, head):
-    layers = [entry.layer for entry in targets]
     if head is None:
         for kind in (ExpandableDense, keras.layers.Dense):
             found = [
@@ -395,36 +395,20 @@ def _find_head(model, targets, head):
             if found:
                 return found[-1]
         return None
-    if isinstance(head, str):
-        found = [entry for entry in targets if entry.layer.name == head]
-        if not found:
-            raise ValueError(
-                f"No layer with weights named '{head}' in model "
-                f"'{model.name}'; expected one of "
-                f"{preview([layer.name for layer in layers], 50)}. "
-                f"Received: head='{head}'"
-            )
-    elif isinstance(head, keras.layers.Layer):
-        found = [entry for entry in targets if entry.layer is head]
-        if not found:
-            raise ValueError(
-                f"Layer '{head.name}' is not a built layer of model "
-                f"'{model.name}'; expected one of its layers. Received: "
-                f"head={head!r}"
-            )
-    else:
+    layer = find_layer(
+        model,
+        head,
+        "head",
+        [entry.layer for entry in targets],
+        "layer with weights",
+    )
+    if not isinstance(layer, keras.layers.Dense):
         raise TypeError(
-            "Expected `head` to be a layer name, a layer or `None`. "
-            f"Received: head={head!r} of type {type(head).__name__}"
+            f"Layer '{layer.name}' is a `{type(layer).__name__}`; expected a "
+            "`Dense` or `ExpandableDense` head, whose output units the class "
+            "names describe."
         )
-    if not isinstance(found[-1].layer, keras.layers.Dense):
-        raise TypeError(
-            f"Layer '{found[-1].layer.name}' is a "
-            f"`{type(found[-1].layer).__name__}`; expected a `Dense` or "
-            "`ExpandableDense` head, whose output units the class names "
-            "describe."
-        )
-    return found[-1]
+    return next(entry for entry in targets if entry.layer is layer)
 
 
 def _select(model, targets, layers):

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
-from keras_incremental.models.growth import find_head
+from keras_incremental.models.heads import find_head
 from keras_incremental.saving import safe_read
 from keras_incremental.saving.files import atomic_path
 from keras_incremental.saving.run_state import FORMAT_VERSION
