@@ -17,7 +17,8 @@ import numpy as np
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.models.heads import find_layer
-from keras_incremental.models.limits import WIDTH_KEEPING_LAYERS
+from keras_incremental.models.heads import may_follow_head
+from keras_incremental.models.heads import walk_back
 from keras_incremental.optimizers.slots import copy_slots
 from keras_incremental.optimizers.slots import leaf_optimizers
 from keras_incremental.optimizers.slots import optimizer_tree
@@ -35,7 +36,7 @@ def adopt_model(source, classes, head=None):
     its configuration, name and weights, so the new model's predictions are
     those of `source`. The `Dense` may be followed by layers without weights
     that keep its width (`Softmax`, `Activation`, ...: see
-    `keras_incremental.models.limits.WIDTH_KEEPING_LAYERS`), and may sit
+    `keras_incremental.models.heads.HEAD_FOLLOWERS`), and may sit
     inside a nested Sequential or functional model (which is copied too).
 
     When `source` is compiled, the new model is compiled with the same loss,
@@ -306,36 +307,29 @@ def _find_head(model, head):
 
 def _output_dense(model):
     """Walks back from the model's output to the `Dense` that makes it."""
-    tensor = compat.graph_outputs(model)[0]
-    followers = []
-    while True:
-        layer, inputs, _ = compat.tensor_producer(tensor)
-        if layer is None:
+
+    def enter(layer):
+        if not isinstance(layer, keras.Model):
+            return False
+        inner = compat.graph_outputs(layer)
+        if inner is None or len(inner) != 1:
             raise ValueError(
-                f"Could not find the layer that produces the output of "
-                f"model '{model.name}'; expected a Sequential or functional "
-                "model whose output comes from a `Dense` layer."
+                f"The output of model '{model.name}' comes from nested "
+                f"model '{layer.name}', which is not a Sequential or "
+                "functional model with one output; expected the output "
+                "to come from a `Dense` layer."
             )
-        if isinstance(layer, keras.Model):
-            inner = compat.graph_outputs(layer)
-            if inner is None or len(inner) != 1:
-                raise ValueError(
-                    f"The output of model '{model.name}' comes from nested "
-                    f"model '{layer.name}', which is not a Sequential or "
-                    "functional model with one output; expected the output "
-                    "to come from a `Dense` layer."
-                )
-            tensor = inner[0]
-            continue
+        return True
+
+    followers = []
+    for step in walk_back(model, enter):
+        layer = step.operation
+        if layer is None:
+            break
         if isinstance(layer, keras.layers.Dense):
             return layer
-        if (
-            isinstance(layer, WIDTH_KEEPING_LAYERS)
-            and not layer.weights
-            and len(inputs) == 1
-        ):
+        if may_follow_head(layer) and len(step.inputs) == 1:
             followers.append(layer)
-            tensor = inputs[0]
             continue
         after = ""
         if followers:
@@ -349,6 +343,11 @@ def _output_dense(model):
             "or `Activation`). Received a model with layers: "
             f"{preview([item.name for item in model.layers])}"
         )
+    raise ValueError(
+        f"Could not find the layer that produces the output of "
+        f"model '{model.name}'; expected a Sequential or functional "
+        "model whose output comes from a `Dense` layer."
+    )
 
 
 def _named_layer(model, head):

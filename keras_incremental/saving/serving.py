@@ -24,6 +24,8 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
+from keras_incremental.models.heads import passes_through
+from keras_incremental.models.heads import walk_back
 from keras_incremental.saving import export_worker
 from keras_incremental.saving.files import open_mode
 from keras_incremental.saving.files import partial_prefix
@@ -418,46 +420,36 @@ def _check_version(version, export_dir):
 def _ends_in_softmax(model):
     """Whether `model`'s output is made by a softmax, also one inside a
     nested model (a classifier built around a `Sequential` whose last layer
-    is a softmax `Dense`, ...)."""
+    is a softmax `Dense`, ...), before layers that pass their input through
+    at inference (an adopted softmax `Dense` followed by `Dropout`)."""
     outputs = compat.graph_outputs(model)
     if outputs is None or len(outputs) != 1:
         # No graph to follow (a subclassed model): its last layer decides.
         layers = getattr(model, "layers", None)
         return bool(layers) and _made_by_softmax(layers[-1], 0)
-    return _from_softmax(outputs[0])
+    return _from_softmax(model, 0)
 
 
-# Layers whose inference output is their input: a softmax before them is
-# still the model's output (an adopted softmax `Dense` followed by Dropout).
-_PASS_THROUGH = (
-    keras.layers.Dropout,
-    keras.layers.AlphaDropout,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.Identity,
-    keras.layers.ActivityRegularization,
-)
+def _from_softmax(model, index):
+    """Whether output `index` of a model with a graph is a softmax's,
+    looking back through layers that pass their input through at
+    inference, into nested models with a graph."""
+    for step in walk_back(model, _has_graph, index):
+        if (
+            step.operation is not None
+            and passes_through(step.operation)
+            and len(step.inputs) == 1
+        ):
+            continue
+        return _made_by_softmax(step.operation, step.index)
+    return False
 
 
-def _passes_through(operation):
-    if isinstance(operation, _PASS_THROUGH):
-        return True
-    return isinstance(operation, keras.layers.Activation) and (
-        getattr(operation.activation, "__name__", "") == "linear"
+def _has_graph(operation):
+    return (
+        isinstance(operation, keras.Model)
+        and compat.graph_outputs(operation) is not None
     )
-
-
-def _from_softmax(tensor):
-    """Whether symbolic `tensor` is a softmax's output, looking back
-    through layers that pass their input through at inference."""
-    operation, inputs, index = compat.tensor_producer(tensor)
-    while (
-        operation is not None
-        and _passes_through(operation)
-        and len(inputs) == 1
-    ):
-        operation, inputs, index = compat.tensor_producer(inputs[0])
-    return _made_by_softmax(operation, index)
 
 
 def _made_by_softmax(operation, index):
@@ -468,12 +460,9 @@ def _made_by_softmax(operation, index):
         return True
     if not isinstance(operation, keras.Model):
         return False
-    outputs = compat.graph_outputs(operation)
-    if outputs is None:
+    if compat.graph_outputs(operation) is None:
         return _ends_in_softmax(operation)
-    if index >= len(outputs):
-        return False
-    return _from_softmax(outputs[index])
+    return _from_softmax(operation, index)
 
 
 def _serving_function(model, names, ends_in_softmax):
