@@ -35,7 +35,7 @@ def test_every_option_is_a_checked_attribute():
         ("learning_rates", {"body": float("nan")}, ValueError, "> 0"),
         ("learning_rates", {"body": True}, ValueError, "> 0"),
         ("evaluation", (np.zeros((3, 2)), [1, 2]), ValueError, "one label"),
-        ("report", "report.txt", ValueError, "end in '.json'"),
+        ("report", "report.txt", ValueError, "ending in '.json'"),
         ("export_dir", 3, TypeError, "export_dir"),
         ("capacity", "big", ValueError, "capacity"),
         ("capacity", 0, ValueError, "capacity"),

@@ -300,7 +300,7 @@ def test_bad_inputs_raise_and_leave_model_unchanged(saved_source, tmp_path):
         (ValueError, "or neither", dict(target_classes=list("abcd"))),
         (TypeError, "list of class names", dict(source_classes="abc")),
         (ValueError, "No layer named", dict(layers=["nope"])),
-        (ValueError, "not a built layer", dict(head=keras.layers.Dense(2))),
+        (ValueError, "not part of model", dict(head=keras.layers.Dense(2))),
         (ValueError, "No layer with weights", dict(head="nope")),
         (TypeError, "Expected `head`", dict(head=3)),
     ]

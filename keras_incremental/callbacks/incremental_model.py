@@ -39,8 +39,8 @@ from keras_incremental.models.adoption import adopt_model
 from keras_incremental.models.freezing import check_freeze_spec
 from keras_incremental.models.freezing import layers_to_freeze
 from keras_incremental.models.growth import expand
-from keras_incremental.models.growth import find_head
 from keras_incremental.models.growth import resize_lazy_metrics
+from keras_incremental.models.heads import find_head
 from keras_incremental.models.limits import check_growable_head
 from keras_incremental.optimizers.learning_rates import check_learning_rates
 from keras_incremental.optimizers.learning_rates import plan_groups
@@ -764,7 +764,7 @@ class IncrementalModel(keras.callbacks.Callback):
                 "No checkpoint path: expected `path` or a run made with "
                 "`checkpoint=...`. Received: path=None, checkpoint=None"
             )
-        path = checkpoints.check_checkpoint_path(path)
+        path = checkpoints.check_checkpoint_path(path, argument="path")
         model = self._known_model()
         if model is None:
             raise ValueError(

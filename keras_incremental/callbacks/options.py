@@ -7,8 +7,6 @@ that cannot change once the run exists (the memory's budget and seed, the
 head) is refused with a message saying why.
 """
 
-import os
-
 import numpy as np
 
 from keras_incremental import strategies
@@ -17,6 +15,7 @@ from keras_incremental.models.freezing import check_freeze_spec
 from keras_incremental.optimizers.learning_rates import check_learning_rates
 from keras_incremental.saving import checkpoint as checkpoints
 from keras_incremental.utils.checks import check_integer
+from keras_incremental.utils.checks import check_path
 from keras_incremental.utils.checks import check_unit_count
 
 
@@ -74,40 +73,14 @@ def _evaluation(value):
     return x, y
 
 
-def check_path(path, argument, suffix=None):
-    """Returns `path` as a string, or `None` for `None`.
-
-    Args:
-        path: A `str` or `os.PathLike`, or `None`.
-        argument: The argument's name, for the error message.
-        suffix: Optional ending the path must have (such as `".json"`).
-
-    Raises:
-        TypeError: for a value that is not a path.
-        ValueError: for a path without `suffix`.
-    """
-    if path is None:
-        return None
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(
-            f"Expected `{argument}` to be a path or None. "
-            f"Received: {argument}={path!r}"
-        )
-    path = os.fspath(path)
-    if suffix is not None and not path.endswith(suffix):
-        raise ValueError(
-            f"Expected `{argument}` to end in '{suffix}'. "
-            f"Received: {argument}='{path}'"
-        )
-    return path
-
-
 def _report(value):
-    return check_path(value, "report", ".json")
+    return None if value is None else check_path(value, "report", ".json")
 
 
 def _export_dir(value):
-    return check_path(value, "export_dir")
+    if value is None:
+        return None
+    return check_path(value, "export_dir", folder=True)
 
 
 def _capacity(value):

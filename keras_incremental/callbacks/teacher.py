@@ -1,7 +1,7 @@
 """The teacher: a frozen copy of the model as the stage starts."""
 
 from keras_incremental.callbacks import stage_loss
-from keras_incremental.models.growth import find_head
+from keras_incremental.models.heads import find_head
 
 
 class Teacher:

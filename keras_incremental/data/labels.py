@@ -7,11 +7,11 @@ import numbers
 
 import numpy as np
 
+from keras_incremental.utils.messages import PREVIEW_ITEMS
+from keras_incremental.utils.messages import preview
+
 _KINDS = ("int", "str", "bytes")
 _ONEHOT_HELPER = "keras_incremental.data.labels.labels_from_onehot(y)"
-# Error messages list at most this many labels or classes, so that one bad
-# stage of 100,000 labels still gives a readable message.
-_PREVIEW = 10
 
 
 def plain_label(label):
@@ -215,7 +215,7 @@ class LabelEncoder:
         bad = np.flatnonzero((indices < 0) | (indices >= len(self._classes)))
         if bad.size:
             received = ", ".join(
-                f"indices[{i}]={indices[i]}" for i in bad[:_PREVIEW]
+                f"indices[{i}]={indices[i]}" for i in bad[:PREVIEW_ITEMS]
             )
             if not self._classes:
                 expected = "no index, as the encoder has no classes yet"
@@ -613,15 +613,6 @@ def _object_array(items):
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array
-
-
-def preview(items):
-    """`items` as a list for an error message: at most `_PREVIEW` of them."""
-    items = list(items)
-    if len(items) <= _PREVIEW:
-        return repr(items)
-    shown = ", ".join(repr(item) for item in items[:_PREVIEW])
-    return f"[{shown}, ...] ({len(items)} in all)"
 
 
 def _bool_message(where, value):

@@ -16,8 +16,8 @@ import sys
 import numpy as np
 
 from keras_incremental.data.labels import labels_from_onehot
-from keras_incremental.data.labels import preview
 from keras_incremental.data.targets import encode_targets
+from keras_incremental.utils.messages import preview
 
 
 def is_dataset(value):

@@ -16,10 +16,14 @@ import numpy as np
 
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
-from keras_incremental.models.limits import WIDTH_KEEPING_LAYERS
+from keras_incremental.models.heads import find_layer
+from keras_incremental.models.heads import may_follow_head
+from keras_incremental.models.heads import walk_back
+from keras_incremental.optimizers.slots import copy_slots
+from keras_incremental.optimizers.slots import leaf_optimizers
+from keras_incremental.optimizers.slots import optimizer_tree
 from keras_incremental.saving.files import keras_file_path
-
-_PREVIEW = 10
+from keras_incremental.utils.messages import preview
 
 
 def adopt_model(source, classes, head=None):
@@ -32,7 +36,7 @@ def adopt_model(source, classes, head=None):
     its configuration, name and weights, so the new model's predictions are
     those of `source`. The `Dense` may be followed by layers without weights
     that keep its width (`Softmax`, `Activation`, ...: see
-    `keras_incremental.models.limits.WIDTH_KEEPING_LAYERS`), and may sit
+    `keras_incremental.models.heads.HEAD_FOLLOWERS`), and may sit
     inside a nested Sequential or functional model (which is copied too).
 
     When `source` is compiled, the new model is compiled with the same loss,
@@ -182,7 +186,7 @@ def _check_classes(classes):
         raise TypeError(
             "Expected `classes` to be a list, tuple or 1-D NumPy array of "
             "class names, one per output unit of the head, in column order. "
-            f"Received: classes={_short(classes)} of type "
+            f"Received: classes={preview(classes)} of type "
             f"{type(classes).__name__}"
         )
     try:
@@ -190,14 +194,14 @@ def _check_classes(classes):
     except TypeError as error:
         raise TypeError(
             "Expected hashable class names in `classes` (such as strings or "
-            f"integers). Received: classes={_short(names)}"
+            f"integers). Received: classes={preview(names)}"
         ) from error
     duplicates = [name for name, count in counts.items() if count > 1]
     if duplicates:
         raise ValueError(
-            f"Expected unique class names in `classes`; {_short(duplicates)} "
+            f"Expected unique class names in `classes`; {preview(duplicates)} "
             "appear more than once, so their columns could not be told "
-            f"apart. Received: classes={_short(names)}"
+            f"apart. Received: classes={preview(names)}"
         )
 
 
@@ -206,7 +210,7 @@ def _check_count(classes, layer):
         raise ValueError(
             "Expected one name in `classes` per output unit of the head "
             f"'{layer.name}', which has {layer.units} units. Received "
-            f"{len(classes)} names: classes={_short(classes)}"
+            f"{len(classes)} names: classes={preview(classes)}"
         )
 
 
@@ -303,36 +307,29 @@ def _find_head(model, head):
 
 def _output_dense(model):
     """Walks back from the model's output to the `Dense` that makes it."""
-    tensor = compat.graph_outputs(model)[0]
-    followers = []
-    while True:
-        layer, inputs, _ = compat.tensor_producer(tensor)
-        if layer is None:
+
+    def enter(layer):
+        if not isinstance(layer, keras.Model):
+            return False
+        inner = compat.graph_outputs(layer)
+        if inner is None or len(inner) != 1:
             raise ValueError(
-                f"Could not find the layer that produces the output of "
-                f"model '{model.name}'; expected a Sequential or functional "
-                "model whose output comes from a `Dense` layer."
+                f"The output of model '{model.name}' comes from nested "
+                f"model '{layer.name}', which is not a Sequential or "
+                "functional model with one output; expected the output "
+                "to come from a `Dense` layer."
             )
-        if isinstance(layer, keras.Model):
-            inner = compat.graph_outputs(layer)
-            if inner is None or len(inner) != 1:
-                raise ValueError(
-                    f"The output of model '{model.name}' comes from nested "
-                    f"model '{layer.name}', which is not a Sequential or "
-                    "functional model with one output; expected the output "
-                    "to come from a `Dense` layer."
-                )
-            tensor = inner[0]
-            continue
+        return True
+
+    followers = []
+    for step in walk_back(model, enter):
+        layer = step.operation
+        if layer is None:
+            break
         if isinstance(layer, keras.layers.Dense):
             return layer
-        if (
-            isinstance(layer, WIDTH_KEEPING_LAYERS)
-            and not layer.weights
-            and len(inputs) == 1
-        ):
+        if may_follow_head(layer) and len(step.inputs) == 1:
             followers.append(layer)
-            tensor = inputs[0]
             continue
         after = ""
         if followers:
@@ -344,41 +341,17 @@ def _output_dense(model):
             "`keras.layers.Dense` output layer, followed by nothing but "
             "layers without weights that keep the width (such as `Softmax` "
             "or `Activation`). Received a model with layers: "
-            f"{_short([item.name for item in model.layers])}"
+            f"{preview([item.name for item in model.layers])}"
         )
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+    raise ValueError(
+        f"Could not find the layer that produces the output of "
+        f"model '{model.name}'; expected a Sequential or functional "
+        "model whose output comes from a `Dense` layer."
+    )
 
 
 def _named_layer(model, head):
-    layers = list(_all_layers(model))
-    if isinstance(head, str):
-        matches = [layer for layer in layers if layer.name == head]
-        if not matches:
-            raise ValueError(
-                f"No layer named '{head}' in model '{model.name}'; expected "
-                f"the name of its output `Dense`, one of "
-                f"{_short([layer.name for layer in layers], 50)}. "
-                f"Received: head='{head}'"
-            )
-        chosen = matches[-1]
-    elif isinstance(head, keras.layers.Layer):
-        if not any(layer is head for layer in layers):
-            raise ValueError(
-                f"Layer '{head.name}' is not part of model '{model.name}'; "
-                f"expected its output `Dense`. Received: head={head!r}"
-            )
-        chosen = head
-    else:
-        raise TypeError(
-            "Expected `head` to be a layer name, a layer or `None`. "
-            f"Received: head={head!r} of type {type(head).__name__}"
-        )
+    chosen = find_layer(model, head, "head")
     if not isinstance(chosen, keras.layers.Dense):
         raise TypeError(
             f"Layer '{chosen.name}' is a `{type(chosen).__name__}`; expected "
@@ -429,16 +402,10 @@ def _variable_pairs(source, adopted):
             f"The copy of model '{source.name}' does not have the same "
             "variables as the model; expected a model whose layers rebuild "
             "their variables from their configuration. Received variables "
-            f"{_short([v.name for v in old_variables])}, copied as "
-            f"{_short([v.name for v in new_variables])}"
+            f"{preview([v.name for v in old_variables])}, copied as "
+            f"{preview([v.name for v in new_variables])}"
         )
     return list(zip(old_variables, new_variables, strict=True))
-
-
-def _optimizer_tree(optimizer):
-    yield optimizer
-    for child in compat.optimizer_children(optimizer):
-        yield from _optimizer_tree(child)
 
 
 def _carry_optimizer_state(source, adopted):
@@ -456,14 +423,14 @@ def _carry_optimizer_state(source, adopted):
         return
     if not new.built:
         new.build(adopted.trainable_variables)
-    old_tree = list(_optimizer_tree(old))
-    new_tree = list(_optimizer_tree(new))
+    old_tree = list(optimizer_tree(old))
+    new_tree = list(optimizer_tree(new))
     if [type(o) for o in old_tree] != [type(o) for o in new_tree]:
         # One side wraps its optimizer in a loss scaler and the other does
         # not (the global dtype policy changed in between): pair the
         # optimizers that hold the slots.
-        old_tree = _leaves(old_tree)
-        new_tree = _leaves(new_tree)
+        old_tree = leaf_optimizers(old)
+        new_tree = leaf_optimizers(new)
     if [type(o) for o in old_tree] != [type(o) for o in new_tree]:
         raise ValueError(
             f"The optimizer of the copy of model '{source.name}' differs "
@@ -476,29 +443,10 @@ def _carry_optimizer_state(source, adopted):
             _copy_optimizer(old_opt, new_opt, pairs)
 
 
-def _leaves(optimizers):
-    return [o for o in optimizers if not compat.optimizer_children(o)]
-
-
 def _copy_optimizer(old, new, pairs):
+    copy_slots(old, new, pairs)
     old_lists = dict(compat.optimizer_slot_lists(old))
     new_lists = compat.optimizer_slot_lists(new)
-    for old_variable, new_variable in pairs:
-        if not (
-            compat.optimizer_knows(old, old_variable)
-            and compat.optimizer_knows(new, new_variable)
-        ):
-            continue
-        old_index = compat.optimizer_variable_index(old, old_variable)
-        new_index = compat.optimizer_variable_index(new, new_variable)
-        for kind, slots in new_lists:
-            slot = slots[new_index]
-            source_slots = old_lists.get(kind)
-            if slot is None or source_slots is None:
-                continue
-            value = source_slots[old_index]
-            if value is not None and tuple(value.shape) == tuple(slot.shape):
-                slot.assign(_numpy(value))
     # The optimizer's own variables (`iteration`, `learning_rate`, a loss
     # scale and its counter), by name: slots are named after paths, which
     # differ between the copies, and were copied above.
@@ -535,13 +483,3 @@ def _describe(head):
     if isinstance(head, keras.layers.Layer):
         return f"<{type(head).__name__} name={head.name}>"
     return repr(head)
-
-
-def _short(items, limit=_PREVIEW):
-    try:
-        items = list(items)
-    except TypeError:
-        return repr(items)
-    if len(items) <= limit:
-        return repr(items)
-    return repr(items[:limit])[:-1] + f", ... ({len(items)} in all)]"

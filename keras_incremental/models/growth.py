@@ -2,14 +2,15 @@
 
 import warnings
 
-import keras
 import numpy as np
 from keras import initializers
 from keras import ops
 
 from keras_incremental import compat
-from keras_incremental.layers import ExpandableDense
 from keras_incremental.layers.new_units import new_units_value
+from keras_incremental.models.heads import find_head
+from keras_incremental.models.heads import iter_layers
+from keras_incremental.optimizers.slots import optimizer_tree
 from keras_incremental.utils.checks import check_unit_count
 from keras_incremental.utils.patterns import MAX_NAME_LENGTH
 from keras_incremental.utils.patterns import compile_pattern
@@ -19,14 +20,6 @@ from keras_incremental.utils.patterns import compile_pattern
 # of `use_ema=True` (its first step copies the variable). Every other slot of
 # a new unit starts as a freshly built optimizer starts it.
 _VALUE_SLOTS = ("_model_variables_moving_average",)
-
-
-def iter_layers(model):
-    """Every layer inside `model`, depth first, nested models included."""
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from iter_layers(layer)
 
 
 def layers_matching(model, pattern, purpose):
@@ -62,71 +55,6 @@ def layers_matching(model, pattern, purpose):
             "expression matching some)."
         )
     return matches
-
-
-def find_head(model, layer=None):
-    """The `ExpandableDense` of `model` named or given by `layer`.
-
-    Args:
-        model: A Keras model.
-        layer: A layer name, a layer of `model`, or `None` for the last
-            `ExpandableDense` of the model.
-
-    Returns:
-        The `ExpandableDense` layer.
-
-    Raises:
-        TypeError: when `model` is not a Keras model, or `layer` is neither a
-            name nor a layer, or names a layer that is not an
-            `ExpandableDense`.
-        ValueError: when no such layer is in the model.
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "Expected a `keras.Model`. Received: "
-            f"model={model!r} of type {type(model).__name__}"
-        )
-    layers = list(iter_layers(model))
-    if layer is None:
-        heads = [item for item in layers if isinstance(item, ExpandableDense)]
-        if not heads:
-            names = [item.name for item in layers]
-            raise ValueError(
-                f"Model '{model.name}' has no `ExpandableDense` layer to grow; "
-                "expected one as its classifier head. Replace the last "
-                "`keras.layers.Dense` with `keras_incremental.ExpandableDense`."
-                f" Received a model with layers: {names}"
-            )
-        return heads[-1]
-    if isinstance(layer, str):
-        matches = [item for item in layers if item.name == layer]
-        if not matches:
-            names = [item.name for item in layers]
-            raise ValueError(
-                f"No layer named '{layer}' in model '{model.name}'; expected "
-                f"one of {names}. Received: layer='{layer}'"
-            )
-        found = matches[0]
-    elif isinstance(layer, keras.layers.Layer):
-        if not any(item is layer for item in layers):
-            raise ValueError(
-                f"Layer '{layer.name}' is not part of model '{model.name}'; "
-                "expected a layer of the model. Received: "
-                f"layer={layer!r}"
-            )
-        found = layer
-    else:
-        raise TypeError(
-            "Expected `layer` to be a layer name, a layer or `None`. "
-            f"Received: layer={layer!r} of type {type(layer).__name__}"
-        )
-    if not isinstance(found, ExpandableDense):
-        raise TypeError(
-            f"Layer '{found.name}' is a `{type(found).__name__}`; expected a "
-            "`keras_incremental.ExpandableDense`, the only layer that can "
-            "grow in place."
-        )
-    return found
 
 
 def expand(
@@ -265,12 +193,6 @@ def traced_variables(model):
     return compat.backend_variable_ids(variables)
 
 
-def _optimizer_tree(optimizer):
-    yield optimizer
-    for child in compat.optimizer_children(optimizer):
-        yield from _optimizer_tree(child)
-
-
 def _plan_optimizer(model, head):
     """Finds, and checks, the optimizer slots that must follow the head.
 
@@ -283,7 +205,7 @@ def _plan_optimizer(model, head):
         return []
     head_variables = list(head.weights)
     plan = []
-    for candidate in _optimizer_tree(optimizer):
+    for candidate in optimizer_tree(optimizer):
         if not candidate.built:
             continue
         known = [

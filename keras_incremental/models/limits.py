@@ -10,24 +10,12 @@ that says why and how to fix them.
 import keras
 
 from keras_incremental import compat
-from keras_incremental.models.growth import find_head
-from keras_incremental.models.growth import iter_layers
-
-# Layers without weights that keep the width of their input: they may follow
-# the growing head.
-WIDTH_KEEPING_LAYERS = (
-    keras.layers.Activation,
-    keras.layers.Softmax,
-    keras.layers.Identity,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.AlphaDropout,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.ActivityRegularization,
-)
+from keras_incremental.models.heads import HEAD_FOLLOWERS
+from keras_incremental.models.heads import find_head
+from keras_incremental.models.heads import iter_layers
+from keras_incremental.models.heads import keeps_masked_columns
+from keras_incremental.models.heads import may_follow_head
+from keras_incremental.models.heads import walk_back
 
 
 def check_growable_head(model, head=None):
@@ -35,10 +23,11 @@ def check_growable_head(model, head=None):
 
     The head (an `ExpandableDense`) must give the model's only output,
     possibly through layers without weights that keep the width
-    (`WIDTH_KEEPING_LAYERS`: `Activation`, `Softmax`, `Identity`, `Dropout`,
-    ...). `Sequential` and functional models are checked, also when the head
-    sits in a nested model (which must itself lead to the output in the same
-    way). A subclassed model has no graph to check and is accepted as it is.
+    (`keras_incremental.models.heads.HEAD_FOLLOWERS`: `Activation`,
+    `Softmax`, `Identity`, `Dropout`, ...). `Sequential` and functional
+    models are checked, also when the head sits in a nested model (which
+    must itself lead to the output in the same way). A subclassed model has
+    no graph to check and is accepted as it is.
 
     Args:
         model: A Keras model.
@@ -50,7 +39,7 @@ def check_growable_head(model, head=None):
 
     Raises:
         TypeError: when `model` is not a Keras model, or `head` is not an
-            `ExpandableDense` (see `keras_incremental.models.growth.find_head`).
+            `ExpandableDense` (see `keras_incremental.models.heads.find_head`).
         ValueError: when the model has no such head, has several outputs,
             or reaches its output from the head through a layer that may not
             follow a growing width.
@@ -75,52 +64,50 @@ def _contains(layer, head):
     return any(item is head for item in iter_layers(layer))
 
 
+def _holder_of(head):
+    """`walk_back`'s `enter`: walks into the layers that hold `head`."""
+    return lambda operation: (
+        isinstance(operation, keras.layers.Layer) and _contains(operation, head)
+    )
+
+
+def _check_one_output(model, head):
+    outputs = compat.graph_outputs(model)
+    if outputs is not None and len(outputs) != 1:
+        _refuse_several_outputs(model, outputs, head)
+
+
 def _check_leads_to_output(model, head):
     """Checks that `model`'s only output comes from `head` (or the nested
     model that holds it) through width-keeping layers only."""
-    if isinstance(model, keras.Sequential):
-        layers = model.layers
-        index = next(
-            i
-            for i, layer in enumerate(layers)
-            if layer is head or _contains(layer, head)
-        )
-        for follower in layers[index + 1 :]:
-            _check_follower(follower, head, model)
-        if layers[index] is not head:
-            _check_leads_to_output(layers[index], head)
-        return
-    outputs = compat.graph_outputs(model)
-    if outputs is None:
-        return  # Subclassed: no graph to follow.
-    if len(outputs) != 1:
-        _refuse_several_outputs(model, outputs, head)
-    tensor = outputs[0]
-    while True:
-        operation, inputs, _ = compat.tensor_producer(tensor)
-        if operation is head:
+    holds = _holder_of(head)
+
+    def enter(operation):
+        if not holds(operation):
+            return False
+        _check_one_output(operation, head)
+        return True
+
+    _check_one_output(model, head)
+    for step in walk_back(model, enter):
+        if step.operation is head:
             return
-        if operation is None:
+        if step.operation is None:
             raise ValueError(
                 f"The growing head '{head.name}' does not lead to the output "
-                f"of model '{model.name}': expected the head to be the "
+                f"of model '{step.model.name}': expected the head to be the "
                 "model's output, or followed only by width-keeping layers "
-                f"({_names(WIDTH_KEEPING_LAYERS)}). Received a model whose "
+                f"({_names(HEAD_FOLLOWERS)}). Received a model whose "
                 "output does not come from the head; grow the `ExpandableDense`"
                 " that gives the output (`head=<its name>`)."
             )
-        if isinstance(operation, keras.layers.Layer) and _contains(
-            operation, head
-        ):
-            _check_leads_to_output(operation, head)
-            return
-        _check_follower(operation, head, model)
-        tensor = inputs[0]
+        _check_follower(step.operation, head, step.model)
+    # No graph to follow (a subclassed model): accepted as it is.
 
 
 def _check_follower(layer, head, model):
     """Raises unless `layer` may follow the growing head."""
-    if isinstance(layer, WIDTH_KEEPING_LAYERS) and not layer.weights:
+    if may_follow_head(layer):
         return
     kind = type(layer).__name__
     if not isinstance(layer, keras.layers.Layer):
@@ -141,7 +128,7 @@ def _check_follower(layer, head, model):
         f"Layer '{layer.name}' ({kind}) follows the growing head "
         f"'{head.name}' in model '{model.name}': {why}. Expected the head "
         "to give the model's output, followed only by layers without "
-        f"weights that keep the width ({_names(WIDTH_KEEPING_LAYERS)}). To "
+        f"weights that keep the width ({_names(HEAD_FOLLOWERS)}). To "
         "fix it, make the `ExpandableDense` the last layer (with "
         "`activation=` for a softmax): if the layer after it is the real "
         "classifier, make that one the `ExpandableDense` (`IncrementalModel."
@@ -188,44 +175,19 @@ def spare_capacity_problem(model, head):
     if head.activity_regularizer is not None:
         return f"the head '{head.name}' has an activity regularizer"
     for layer in _followers(model, head):
-        activation = getattr(layer, "activation", None)
-        if isinstance(layer, (keras.layers.Softmax, keras.layers.Identity)):
-            continue
-        if isinstance(layer, keras.layers.Activation) and activation in (
-            keras.activations.softmax,
-            keras.activations.linear,
-        ):
-            continue
-        return f"layer '{layer.name}' ({type(layer).__name__}) follows the head"
+        if not keeps_masked_columns(layer):
+            kind = type(layer).__name__
+            return f"layer '{layer.name}' ({kind}) follows the head"
     return None
 
 
 def _followers(model, head):
-    """The layers between `head` and `model`'s output, as
-    `check_growable_head` walks them."""
-    if isinstance(model, keras.Sequential):
-        layers = model.layers
-        index = next(
-            i
-            for i, layer in enumerate(layers)
-            if layer is head or _contains(layer, head)
-        )
-        if layers[index] is not head:
-            yield from _followers(layers[index], head)
-        yield from layers[index + 1 :]
-        return
+    """The layers between `head` and `model`'s output, from the output back,
+    as `check_growable_head` walks them."""
     outputs = compat.graph_outputs(model)
-    if outputs is None or len(outputs) != 1:
+    if outputs is not None and len(outputs) != 1:
         return
-    tensor = outputs[0]
-    while True:
-        operation, inputs, _ = compat.tensor_producer(tensor)
-        if operation is head or operation is None:
+    for step in walk_back(model, _holder_of(head)):
+        if step.operation is head or step.operation is None:
             return
-        if isinstance(operation, keras.layers.Layer) and _contains(
-            operation, head
-        ):
-            yield from _followers(operation, head)
-            return
-        yield operation
-        tensor = inputs[0]
+        yield step.operation

@@ -20,7 +20,10 @@ import numpy as np
 from keras import ops
 
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.models.heads import find_layer
 from keras_incremental.saving import safe_read
+from keras_incremental.utils.checks import check_path
+from keras_incremental.utils.messages import preview
 
 _WEIGHTS_MEMBER = "model.weights.h5"
 
@@ -210,7 +213,7 @@ def transfer_weights(
                 f"Class names were given, but model '{model.name}' has no "
                 "`Dense` or `ExpandableDense` head to apply them to; expected "
                 "one. Received: target_classes="
-                f"{_short(target_classes)}"
+                f"{preview(target_classes)}"
             )
         _check_count(target_classes, "target_classes", head_entry, "model")
 
@@ -245,8 +248,8 @@ def transfer_weights(
                 f"No layer of model '{model.name}' matched a layer of the "
                 "source by name, so no weight would be copied; expected the "
                 "layers to transfer to have the same names on both sides. "
-                f"Received model layers {_short(report.missing)} and source "
-                f"layers {_short(report.unused)}. Name the layers alike, or "
+                f"Received model layers {preview(report.missing)} and source "
+                f"layers {preview(report.unused)}. Name the layers alike, or "
                 "start from the trained model itself with "
                 "`IncrementalModel.adopt(source, classes)`."
             )
@@ -310,14 +313,14 @@ def _check_classes(classes, argument):
     except TypeError as error:
         raise TypeError(
             f"Expected the names in `{argument}` to be hashable (strings or "
-            f"integers). Received: {argument}={_short(classes)}"
+            f"integers). Received: {argument}={preview(classes)}"
         ) from error
     duplicates = [name for name, count in counts.items() if count > 1]
     if duplicates:
         raise ValueError(
             f"Expected unique class names in `{argument}`; {duplicates} "
             "appear more than once, so their columns cannot be told apart. "
-            f"Received: {argument}={_short(classes)}"
+            f"Received: {argument}={preview(classes)}"
         )
     return classes
 
@@ -328,7 +331,7 @@ def _check_count(classes, argument, entry, side):
         raise ValueError(
             f"Expected one name in `{argument}` per output unit of the "
             f"{side}'s head '{entry.label}', which has {units} units. "
-            f"Received {len(classes)} names: {argument}={_short(classes)}"
+            f"Received {len(classes)} names: {argument}={preview(classes)}"
         )
 
 
@@ -342,13 +345,6 @@ def _units(entry):
 
 def _plain(name):
     return name.item() if isinstance(name, np.generic) else name
-
-
-def _short(items, limit=10):
-    items = list(items)
-    if len(items) <= limit:
-        return repr(items)
-    return repr(items[:limit])[:-1] + f", ... ({len(items)} in all)]"
 
 
 def _walk_model(model):
@@ -391,7 +387,6 @@ def _children(layer):
 
 
 def _find_head(model, targets, head):
-    layers = [entry.layer for entry in targets]
     if head is None:
         for kind in (ExpandableDense, keras.layers.Dense):
             found = [
@@ -400,36 +395,20 @@ def _find_head(model, targets, head):
             if found:
                 return found[-1]
         return None
-    if isinstance(head, str):
-        found = [entry for entry in targets if entry.layer.name == head]
-        if not found:
-            raise ValueError(
-                f"No layer with weights named '{head}' in model "
-                f"'{model.name}'; expected one of "
-                f"{_short([layer.name for layer in layers], 50)}. "
-                f"Received: head='{head}'"
-            )
-    elif isinstance(head, keras.layers.Layer):
-        found = [entry for entry in targets if entry.layer is head]
-        if not found:
-            raise ValueError(
-                f"Layer '{head.name}' is not a built layer of model "
-                f"'{model.name}'; expected one of its layers. Received: "
-                f"head={head!r}"
-            )
-    else:
+    layer = find_layer(
+        model,
+        head,
+        "head",
+        [entry.layer for entry in targets],
+        "layer with weights",
+    )
+    if not isinstance(layer, keras.layers.Dense):
         raise TypeError(
-            "Expected `head` to be a layer name, a layer or `None`. "
-            f"Received: head={head!r} of type {type(head).__name__}"
+            f"Layer '{layer.name}' is a `{type(layer).__name__}`; expected a "
+            "`Dense` or `ExpandableDense` head, whose output units the class "
+            "names describe."
         )
-    if not isinstance(found[-1].layer, keras.layers.Dense):
-        raise TypeError(
-            f"Layer '{found[-1].layer.name}' is a "
-            f"`{type(found[-1].layer).__name__}`; expected a `Dense` or "
-            "`ExpandableDense` head, whose output units the class names "
-            "describe."
-        )
-    return found[-1]
+    return next(entry for entry in targets if entry.layer is layer)
 
 
 def _select(model, targets, layers):
@@ -453,22 +432,22 @@ def _select(model, targets, layers):
                 raise ValueError(
                     f"Layer '{item.name}' is not part of model "
                     f"'{model.name}'; expected layers of the model. Received:"
-                    f" layers={_short(layers)}"
+                    f" layers={preview(layers)}"
                 )
             names.add(item.name)
         elif isinstance(item, str):
             if item not in known_names:
                 raise ValueError(
                     f"No layer named '{item}' in model '{model.name}'; "
-                    f"expected names among {_short(sorted(known_names), 50)}."
-                    f" Received: layers={_short(layers)}"
+                    f"expected names among {preview(sorted(known_names), 50)}."
+                    f" Received: layers={preview(layers)}"
                 )
             names.add(item)
         else:
             raise TypeError(
                 "Expected `layers` to hold layer names or layers. Received "
                 f"{item!r} of type {type(item).__name__} in layers="
-                f"{_short(layers)}"
+                f"{preview(layers)}"
             )
     return [entry for entry in targets if any(n in names for n in entry.chain)]
 
@@ -692,20 +671,20 @@ def _source_entries(source):
             f"`keras.Model`. Received: source={source!r} of type "
             f"{type(source).__name__}"
         )
-    path = os.fsdecode(os.fspath(source))
-    if not path.endswith(".keras"):
-        raise ValueError(
-            "Expected `source` to be a `.keras` file, as written by "
-            f"`model.save('name.keras')`. Received: source='{path}'. For a "
-            "`.weights.h5` file, build the old model, `load_weights` into it "
-            "and pass that model."
-        )
+    path = check_path(
+        source,
+        "source",
+        ".keras",
+        hint="Such a file is written by `model.save('name.keras')`. For a "
+        "`.weights.h5` file, build the old model, `load_weights` into it and "
+        "pass that model.",
+    )
     with safe_read.open_zip(path, "`.keras` file `source`") as archive:
         if _WEIGHTS_MEMBER not in archive.namelist():
             raise ValueError(
                 f"Expected a `{_WEIGHTS_MEMBER}` in the `.keras` archive "
                 f"'{path}', as `model.save` writes it; found "
-                f"{_short(archive.namelist())}. Load the model with "
+                f"{preview(archive.namelist())}. Load the model with "
                 "`keras.saving.load_model` and pass it as `source`."
             )
         data = safe_read.read_member(archive, _WEIGHTS_MEMBER, path, None)
@@ -777,9 +756,9 @@ def _describe_growth(info):
     else:
         text += f"; {len(info['columns'])} columns matched by class name"
     if info["new"]:
-        text += f"; kept {_short(info['new'])}"
+        text += f"; kept {preview(info['new'])}"
     if info["dropped"]:
-        text += f"; dropped {_short(info['dropped'])}"
+        text += f"; dropped {preview(info['dropped'])}"
     return text
 
 

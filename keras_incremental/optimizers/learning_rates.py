@@ -19,6 +19,8 @@ from keras_incremental.models.growth import layers_matching
 from keras_incremental.optimizers.multiplier_optimizer import (
     MultiplierOptimizer,
 )
+from keras_incremental.optimizers.slots import copy_slots
+from keras_incremental.optimizers.slots import leaf_optimizers
 from keras_incremental.utils.checks import check_multiplier
 from keras_incremental.utils.patterns import compile_pattern
 
@@ -223,17 +225,6 @@ def update_multipliers(optimizer, groups):
     return True
 
 
-def leaf_optimizers(optimizer):
-    """The optimizers that hold slots: `optimizer` or those it wraps."""
-    children = compat.optimizer_children(optimizer)
-    if not children:
-        return [optimizer]
-    leaves = []
-    for child in children:
-        leaves.extend(leaf_optimizers(child))
-    return leaves
-
-
 def rebuild_optimizer(model, new_optimizer):
     """Builds `new_optimizer` on the model's trainable variables, state kept.
 
@@ -267,15 +258,5 @@ def _copy_state(old, new, variables):
         target = next(
             (o for o in new_leaves if compat.optimizer_knows(o, variable)), None
         )
-        if source is None or target is None:
-            continue
-        source_slots = dict(compat.optimizer_slot_lists(source))
-        source_index = compat.optimizer_variable_index(source, variable)
-        target_index = compat.optimizer_variable_index(target, variable)
-        for kind, slots in compat.optimizer_slot_lists(target):
-            slot = slots[target_index]
-            if slot is None or kind not in source_slots:
-                continue
-            value = source_slots[kind][source_index]
-            if value is not None and tuple(value.shape) == tuple(slot.shape):
-                slot.assign(value.value)
+        if source is not None and target is not None:
+            copy_slots(source, target, [(variable, variable)])

@@ -26,11 +26,12 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
-from keras_incremental.models.growth import find_head
+from keras_incremental.models.heads import find_head
 from keras_incremental.saving import safe_read
 from keras_incremental.saving.files import atomic_path
 from keras_incremental.saving.run_state import FORMAT_VERSION
 from keras_incremental.saving.run_state import RunState
+from keras_incremental.utils.checks import check_path
 
 STATE_ENTRY = "keras_incremental/state.json"
 MEMORY_ENTRY = "keras_incremental/memory.h5"
@@ -44,21 +45,28 @@ MAX_FREE_SAMPLE_ELEMENTS = 2**20
 _H5_OVERHEAD_BYTES = 2**20
 
 
-def check_checkpoint_path(path, must_exist=False):
-    """Returns `path` as a string if it names a `.keras` file, or raises."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(
-            "Expected the checkpoint path to be a string or path ending in "
-            f"'.keras'. Received: {path!r} of type {type(path).__name__}"
-        )
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not path.endswith(".keras"):
-        raise ValueError(
-            "Expected a checkpoint path ending in '.keras' (the checkpoint is "
-            f"a Keras model file). Received: '{path}'"
-        )
+def check_checkpoint_path(path, must_exist=False, argument="checkpoint"):
+    """Returns `path` as a string if it names a `.keras` file, or raises.
+
+    Args:
+        path: A string or `os.PathLike`.
+        must_exist: Whether something must exist at `path` (a file to read).
+            Defaults to `False`.
+        argument: The name of the argument `path` was given as, for the
+            error messages. Defaults to `"checkpoint"`.
+
+    Raises:
+        TypeError: when `path` is not a path
+            (`keras_incremental.utils.checks.check_path`).
+        ValueError: when it does not end in `.keras`, or nothing exists at
+            it while `must_exist`.
+    """
+    path = check_path(
+        path,
+        argument,
+        ".keras",
+        hint="The checkpoint is a Keras model file.",
+    )
     if must_exist:
         try:
             os.lstat(path)
@@ -78,7 +86,7 @@ def write_checkpoint(path, model, state, memory=None, arrays=None):
 
     The folder is made when missing.
     """
-    path = check_checkpoint_path(path)
+    path = check_checkpoint_path(path, argument="path")
     text = json.dumps(
         {"format": FORMAT_VERSION, **state.to_json()},
         indent=1,
@@ -126,7 +134,7 @@ def read_checkpoint(path, memory_class):
             is not a readable checkpoint of this package or its parts are
             invalid or disagree. Nothing is changed.
     """
-    path = check_checkpoint_path(path, must_exist=True)
+    path = check_checkpoint_path(path, must_exist=True, argument="path")
     with safe_read.open_zip(path, "checkpoint") as archive:
         names = set(archive.namelist())
         if STATE_ENTRY not in names:

@@ -8,6 +8,8 @@ import stat
 import tempfile
 import zipfile
 
+from keras_incremental.utils.checks import check_path
+
 # Temporary files and folders of the atomic writers are named
 # `.partial-<pid>-<random><suffix>`, `<pid>` being the writer's process id,
 # so that the leftovers of a killed writer can be told apart from the work of
@@ -52,13 +54,7 @@ def remove_stale_partials(folder):
     Raises:
         TypeError: when `folder` is not a path.
     """
-    if not isinstance(folder, (str, os.PathLike)):
-        raise TypeError(
-            "Expected `folder` to be a folder path (a string or "
-            f"`os.PathLike`). Received: folder={folder!r} of type "
-            f"{type(folder).__name__}"
-        )
-    folder = os.fspath(folder)
+    folder = check_path(folder, "folder", folder=True)
     if os.name == "nt":
         return []
     try:
@@ -146,23 +142,26 @@ def keras_file_path(source, other_formats):
     """The path of an existing `.keras` archive named by `source`.
 
     Args:
-        source: A string or `os.PathLike`.
+        source: A string or `os.PathLike`, given as argument `source`.
         other_formats: What to do with a file of another format, appended
             to the error for a path without the `.keras` suffix.
 
+    Returns:
+        The path, as a string.
+
     Raises:
+        TypeError: for a `source` that is not a path
+            (`keras_incremental.utils.checks.check_path`).
         ValueError: for a path without the `.keras` suffix, one that does
             not exist, or a file that is not a zip archive.
     """
-    path = os.fspath(source)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not path.endswith(".keras"):
-        raise ValueError(
-            "Expected `source` to be a `.keras` file, as written by "
-            f"`model.save('name.keras')`. Received: source='{path}'. "
-            f"{other_formats}"
-        )
+    path = check_path(
+        source,
+        "source",
+        ".keras",
+        hint=f"Such a file is written by `model.save('name.keras')`. "
+        f"{other_formats}",
+    )
     if not os.path.isfile(path):
         raise ValueError(
             f"File not found: source='{path}'. Expected the path of an "

@@ -38,6 +38,8 @@ import zlib
 import h5py
 import numpy as np
 
+from keras_incremental.utils.messages import preview
+
 # As in Keras's own loader: a zip member or an HDF5 dataset that declares
 # far more bytes than it stores is refused (a decompression or shape bomb).
 BOMB_FLOOR_BYTES = 1 << 32
@@ -71,14 +73,6 @@ def _error(path, part, expected, received):
         f"Could not read {part} of '{path}': expected {expected}. "
         f"Received: {received}"
     )
-
-
-def _short(names, limit=10):
-    names = list(names)
-    text = repr(names[:limit])
-    if len(names) > limit:
-        text = text[:-1] + f", ... ({len(names)} in all)]"
-    return text
 
 
 def open_zip(path, what):
@@ -170,7 +164,7 @@ def read_member(archive, name, path, max_bytes):
             path,
             part,
             "a member of that name",
-            f"an archive holding {_short(archive.namelist())}",
+            f"an archive holding {preview(archive.namelist())}",
         ) from None
     declared = info.file_size
     if max_bytes is not None and declared > max_bytes:

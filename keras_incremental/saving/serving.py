@@ -24,10 +24,14 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
+from keras_incremental.models.heads import passes_through
+from keras_incremental.models.heads import walk_back
 from keras_incremental.saving import export_worker
 from keras_incremental.saving.files import open_mode
 from keras_incremental.saving.files import partial_prefix
 from keras_incremental.saving.files import remove_stale_partials
+from keras_incremental.utils.checks import check_path
+from keras_incremental.utils.messages import preview
 
 SIGNATURE_NAME = "serving_default"
 # The outputs every exported signature has.
@@ -39,6 +43,8 @@ MAX_WARMUP_RECORDS = 1000
 METADATA_FILE = os.path.join("assets.extra", "keras_incremental.json")
 # The largest metadata file written, and read back by `exported_versions`.
 MAX_METADATA_BYTES = 2**20
+# The most characters of a wrong `metadata` that an error message shows.
+_SHOWN = 200
 
 
 def export_for_serving(
@@ -396,12 +402,7 @@ def _check_class_count(names, width):
 
 
 def _check_export_dir(export_dir):
-    if not isinstance(export_dir, (str, os.PathLike)):
-        raise TypeError(
-            "Expected `export_dir` to be a folder path. Received: "
-            f"export_dir={export_dir!r} of type {type(export_dir).__name__}"
-        )
-    export_dir = os.fspath(export_dir)
+    export_dir = check_path(export_dir, "export_dir", folder=True)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(
             f"'{export_dir}' is a file; expected `export_dir` to be a folder "
@@ -466,46 +467,36 @@ def _check_version(version, export_dir):
 def _ends_in_softmax(model):
     """Whether `model`'s output is made by a softmax, also one inside a
     nested model (a classifier built around a `Sequential` whose last layer
-    is a softmax `Dense`, ...)."""
+    is a softmax `Dense`, ...), before layers that pass their input through
+    at inference (an adopted softmax `Dense` followed by `Dropout`)."""
     outputs = compat.graph_outputs(model)
     if outputs is None or len(outputs) != 1:
         # No graph to follow (a subclassed model): its last layer decides.
         layers = getattr(model, "layers", None)
         return bool(layers) and _made_by_softmax(layers[-1], 0)
-    return _from_softmax(outputs[0])
+    return _from_softmax(model, 0)
 
 
-# Layers whose inference output is their input: a softmax before them is
-# still the model's output (an adopted softmax `Dense` followed by Dropout).
-_PASS_THROUGH = (
-    keras.layers.Dropout,
-    keras.layers.AlphaDropout,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.Identity,
-    keras.layers.ActivityRegularization,
-)
+def _from_softmax(model, index):
+    """Whether output `index` of a model with a graph is a softmax's,
+    looking back through layers that pass their input through at
+    inference, into nested models with a graph."""
+    for step in walk_back(model, _has_graph, index):
+        if (
+            step.operation is not None
+            and passes_through(step.operation)
+            and len(step.inputs) == 1
+        ):
+            continue
+        return _made_by_softmax(step.operation, step.index)
+    return False
 
 
-def _passes_through(operation):
-    if isinstance(operation, _PASS_THROUGH):
-        return True
-    return isinstance(operation, keras.layers.Activation) and (
-        getattr(operation.activation, "__name__", "") == "linear"
+def _has_graph(operation):
+    return (
+        isinstance(operation, keras.Model)
+        and compat.graph_outputs(operation) is not None
     )
-
-
-def _from_softmax(tensor):
-    """Whether symbolic `tensor` is a softmax's output, looking back
-    through layers that pass their input through at inference."""
-    operation, inputs, index = compat.tensor_producer(tensor)
-    while (
-        operation is not None
-        and _passes_through(operation)
-        and len(inputs) == 1
-    ):
-        operation, inputs, index = compat.tensor_producer(inputs[0])
-    return _made_by_softmax(operation, index)
 
 
 def _made_by_softmax(operation, index):
@@ -516,12 +507,9 @@ def _made_by_softmax(operation, index):
         return True
     if not isinstance(operation, keras.Model):
         return False
-    outputs = compat.graph_outputs(operation)
-    if outputs is None:
+    if compat.graph_outputs(operation) is None:
         return _ends_in_softmax(operation)
-    if index >= len(outputs):
-        return False
-    return _from_softmax(outputs[index])
+    return _from_softmax(operation, index)
 
 
 def _serving_function(model, names, ends_in_softmax, scores):
@@ -609,7 +597,7 @@ def _metadata_text(metadata):
     if not isinstance(metadata, dict):
         raise TypeError(
             "Expected `metadata` to be a dict (of JSON values) or `None`. "
-            f"Received: metadata={_shortened(metadata)} of type "
+            f"Received: metadata={preview(metadata, width=_SHOWN)} of type "
             f"{type(metadata).__name__}"
         )
     try:
@@ -620,20 +608,20 @@ def _metadata_text(metadata):
             "Expected `metadata` to hold JSON values only (strings, numbers, "
             f"booleans, `None`, lists and dicts of these); {error}. Convert "
             "the others (NumPy numbers with `int` or `float`, for instance). "
-            f"Received: metadata={_shortened(metadata)}"
+            f"Received: metadata={preview(metadata, width=_SHOWN)}"
         ) from error
     except (ValueError, RecursionError) as error:
         raise ValueError(
             "Expected `metadata` to be writable as JSON: no NaN or infinite "
             f"numbers, no circular or too deep nesting ({error}). "
-            f"Received: metadata={_shortened(metadata)}"
+            f"Received: metadata={preview(metadata, width=_SHOWN)}"
         ) from error
     if read_back != metadata:
         raise ValueError(
             "Expected `metadata` to read back equal from JSON, with string "
             "keys and lists rather than tuples; it would read back as "
-            f"{_shortened(read_back)}. "
-            f"Received: metadata={_shortened(metadata)}"
+            f"{preview(read_back, width=_SHOWN)}. "
+            f"Received: metadata={preview(metadata, width=_SHOWN)}"
         )
     size = len(text.encode("utf-8"))
     if size > MAX_METADATA_BYTES:
@@ -643,15 +631,6 @@ def _metadata_text(metadata):
             "file of its own and its path in `metadata`."
         )
     return text
-
-
-def _shortened(value, limit=200):
-    """`repr(value)`, cut to about `limit` characters for an error message."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        return f"<a {type(value).__name__} nested too deep to show>"
-    return text if len(text) <= limit else text[:limit] + "...(cut)"
 
 
 def _write_metadata(path, text):

@@ -1,4 +1,4 @@
-"""Argument checks shared by the public functions.
+"""Argument checks shared by the public functions: numbers, flags, paths.
 
 Each check returns the value as a plain Python `int`, `float` or `bool`
 (NumPy scalars included, so that a `get_config` stays JSON-able) or raises
@@ -10,6 +10,7 @@ when it is of the right kind but out of range (or not finite).
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -186,3 +187,59 @@ def _message(name, expected, value, kind=False):
         f"Received an invalid value for `{name}`, expected {expected}. "
         f"Received: {name}={received}"
     )
+
+
+def check_path(path, argument, suffix=None, folder=False, hint=None):
+    """Returns `path` as a string if it is a path ending in `suffix`.
+
+    Nothing on disk is looked at: whether the file exists, or may be
+    written, is for the caller to find out.
+
+    Args:
+        path: The value received, expected to be a string or an
+            `os.PathLike` (such as a `pathlib.Path`; one whose `__fspath__`
+            gives `bytes` is decoded as the file system does). A `bytes`
+            value is refused, as the public functions document paths as
+            strings.
+        argument: The name of the argument `path` was given as, for the
+            error messages.
+        suffix: Optional ending the path must have, such as `".keras"`.
+            Defaults to `None`: any path.
+        folder: Whether `path` names a folder, for the error messages.
+            Defaults to `False`.
+        hint: Optional sentences ending the error message for a path
+            without `suffix`: what the file is, or what to do with a file
+            of another kind. Defaults to `None`.
+
+    Returns:
+        The path, as a `str`.
+
+    Raises:
+        TypeError: when `path` is not a string or `os.PathLike`.
+        ValueError: when it does not end in `suffix`.
+
+    Example:
+
+    >>> check_path(pathlib.Path("run", "report.json"), "report", ".json")
+    'run/report.json'
+
+    `check_path("report.txt", "report", ".json")` raises `ValueError:
+    Expected `report` to be a `.json` file (a path ending in '.json').
+    Received: report='report.txt'`.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        kind = "folder path" if folder else "path"
+        ending = "" if suffix is None else f" ending in '{suffix}'"
+        raise TypeError(
+            f"Expected `{argument}` to be a {kind} (a string or "
+            f"`os.PathLike`){ending}. Received: {argument}={path!r} of type "
+            f"{type(path).__name__}"
+        )
+    path = os.fsdecode(os.fspath(path))
+    if suffix is not None and not path.endswith(suffix):
+        raise ValueError(
+            f"Expected `{argument}` to be a `{suffix}` file (a path ending in "
+            f"'{suffix}'). Received: {argument}='{path}'"
+            + ("" if hint is None else f". {hint}")
+        )
+    return path
