@@ -29,20 +29,6 @@ MAX_CLASSES = 1_000_000
 MAX_NAME_LENGTH = 1024
 # Integers of the state (stage, seed, budget) fit NumPy's int64 and seeds.
 MAX_INTEGER = 2**63 - 1
-_KEYS = {
-    "format",
-    "stage",
-    "run",
-    "encoder",
-    "settings",
-    "history",
-    "stage_classes",
-    "groups",
-    "base_rate",
-    "exported",
-    "evaluation",
-    "freeze_callable",
-}
 _OUTPUT_PATHS = ("checkpoint", "report", "export_dir")
 
 
@@ -140,6 +126,15 @@ class RunState:
             evaluation=checked["evaluation"],
             freeze_callable=checked["freeze_callable"],
         )
+
+
+# The keys of `state.json`: `RunState`'s fields, its class names as the
+# encoder's config, and the format version.
+_KEYS = {
+    "format",
+    "encoder",
+    *(f.name for f in dataclasses.fields(RunState) if f.name != "classes"),
+}
 
 
 def state_to_json(state):
