@@ -38,13 +38,6 @@ def untrack_variable(obj, variable):
         obj._tracker.untrack(variable)
 
 
-def attach_tracked(obj, name, value):
-    """Sets attribute `name` of a (possibly built) layer or model to a Keras
-    object (a metric), tracked as Keras tracks its attributes."""
-    with unlocked_tracker(obj):
-        setattr(obj, name, value)
-
-
 def detach_tracked(obj, name):
     """Removes what `attach_tracked` set, from the tracker too (a plain
     `delattr` leaves it in the layer's lists)."""
@@ -257,24 +250,6 @@ def in_shape_inference():
     return in_symbolic_scope()
 
 
-def guarded_product(product, inputs, kernel, dtype):
-    """`product()`, or an empty output while `kernel` has no columns.
-
-    Decided when the function runs, not when it is traced, so that one
-    trace serves a head (a teacher's, at the first stage) before and after
-    it gains units; TensorFlow's oneDNN matmul aborts the process on a
-    zero-width product, so that one is never computed.
-    """
-    import tensorflow as tf
-
-    def empty():
-        shape = tf.concat([tf.shape(inputs)[:-1], [0]], axis=0)
-        return tf.zeros(shape, dtype=dtype)
-
-    width = tf.shape(kernel.value)[-1]
-    return tf.cond(width > 0, product, empty)
-
-
 @contextlib.contextmanager
 def fixed_shapes(variables):
     """Backs growable `variables` by fixed-shape copies for a while.
@@ -320,16 +295,6 @@ def backend_variable_ids(variables):
     if keras.backend.backend() == "jax":
         return tuple(id(v) for v in variables)
     return tuple(id(getattr(v, "_value", v)) for v in variables)
-
-
-def optimizer_children(optimizer):
-    """The optimizers that `optimizer` wraps (loss scaling, multi)."""
-    inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is not None:
-        return [inner]
-    if isinstance(optimizer, keras.optimizers.MultiOptimizer):
-        return list(optimizer.optimizers)
-    return []
 
 
 def optimizer_knows(optimizer, variable):
@@ -640,11 +605,6 @@ def reset_lazily_built_metric(metric):
     metric._built = False
 
 
-def is_lazily_built_metric(metric):
-    """Whether `reset_lazily_built_metric` can resize `metric`."""
-    return isinstance(metric, keras.metrics.FBetaScore)
-
-
 def remake_compiled_functions(model):
     """Has the model's cached train/test/predict functions remade.
 
@@ -739,24 +699,6 @@ class _RemadeOnCall:
             setattr(self.model, attribute, made)
             function = made
         return function
-
-
-def portable_optimizers():
-    """`custom_objects` that load an optimizer saved on any backend.
-
-    On PyTorch, `keras.optimizers.Adam()` makes an instance of a
-    backend-only subclass (`keras.src.backend.torch.optimizers.torch_adam`),
-    and `model.save` records that module: another backend would load the
-    PyTorch class and fail on its first step. These map each public
-    optimizer's registered name (its class name) to the public class, which
-    makes this backend's own kind.
-    """
-    return {
-        name: value
-        for name, value in vars(keras.optimizers).items()
-        if isinstance(value, type)
-        and issubclass(value, keras.optimizers.Optimizer)
-    }
 
 
 def set_model_optimizer(model, optimizer):
@@ -874,24 +816,6 @@ def run_after_train_end(callback, finish):
 
     callbacks.on_train_end = on_train_end
     return True
-
-
-def graph_outputs(model):
-    """The symbolic output tensors of a model built as a graph of layers.
-
-    Args:
-        model: A Keras model.
-
-    Returns:
-        A flat list of `KerasTensor`s for a functional model (a `Sequential`
-        one with a known input included), or `None` for a model without a
-        graph: a subclassed model, a `Sequential` model not yet built.
-    """
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    return None if outputs is None else list(outputs)
 
 
 def tensor_producer(tensor):

@@ -164,7 +164,7 @@ class ExpandableDense(keras.layers.Dense):
         ):
             # A trace that must also serve once the layer has units (a
             # teacher's head at the first stage): decided at run time.
-            return compat.guarded_product(
+            return _guarded_product(
                 lambda: super(ExpandableDense, self).call(
                     inputs, training=training
                 ),
@@ -498,6 +498,24 @@ class ExpandableDense(keras.layers.Dense):
             regularizer=regularizer,
             constraint=constraint,
         )
+
+
+def _guarded_product(product, inputs, kernel, dtype):
+    """`product()`, or an empty output while `kernel` has no columns.
+
+    Decided when the function runs, not when it is traced, so that one
+    trace serves a head (a teacher's, at the first stage) before and after
+    it gains units; TensorFlow's oneDNN matmul aborts the process on a
+    zero-width product, so that one is never computed.
+    """
+    import tensorflow as tf
+
+    def empty():
+        shape = tf.concat([tf.shape(inputs)[:-1], [0]], axis=0)
+        return tf.zeros(shape, dtype=dtype)
+
+    width = tf.shape(kernel.value)[-1]
+    return tf.cond(width > 0, product, empty)
 
 
 def _grown_value(variable, initializer, units, grown_units, width):

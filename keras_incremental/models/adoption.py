@@ -16,8 +16,11 @@ import numpy as np
 
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.models.graph import graph_outputs
 from keras_incremental.models.limits import WIDTH_KEEPING_LAYERS
+from keras_incremental.optimizers.nesting import optimizer_children
 from keras_incremental.saving.files import keras_file_path
+from keras_incremental.saving.portable import portable_optimizers
 
 _PREVIEW = 10
 
@@ -142,10 +145,7 @@ class _Cloner:
             return copy
         if item is self.head:
             copy = ExpandableDense.from_config(item.get_config())
-        elif (
-            isinstance(item, keras.Model)
-            and compat.graph_outputs(item) is not None
-        ):
+        elif isinstance(item, keras.Model) and graph_outputs(item) is not None:
             copy = self.clone(item)
         else:
             copy = item.__class__.from_config(item.get_config())
@@ -225,7 +225,7 @@ def _load(source):
     try:
         model = keras.saving.load_model(
             path,
-            custom_objects=compat.portable_optimizers(),
+            custom_objects=portable_optimizers(),
             compile=True,
             safe_mode=True,
         )
@@ -251,7 +251,7 @@ def _check_model(model):
             "expected a built model. Build it with `keras.Input` in the "
             "model, `model.build(input_shape)`, or by calling it on data."
         )
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is None:
         raise TypeError(
             f"Model '{model.name}' is a subclassed model "
@@ -303,7 +303,7 @@ def _find_head(model, head):
 
 def _output_dense(model):
     """Walks back from the model's output to the `Dense` that makes it."""
-    tensor = compat.graph_outputs(model)[0]
+    tensor = graph_outputs(model)[0]
     followers = []
     while True:
         layer, inputs, _ = compat.tensor_producer(tensor)
@@ -314,7 +314,7 @@ def _output_dense(model):
                 "model whose output comes from a `Dense` layer."
             )
         if isinstance(layer, keras.Model):
-            inner = compat.graph_outputs(layer)
+            inner = graph_outputs(layer)
             if inner is None or len(inner) != 1:
                 raise ValueError(
                     f"The output of model '{model.name}' comes from nested "
@@ -437,7 +437,7 @@ def _variable_pairs(source, adopted):
 
 def _optimizer_tree(optimizer):
     yield optimizer
-    for child in compat.optimizer_children(optimizer):
+    for child in optimizer_children(optimizer):
         yield from _optimizer_tree(child)
 
 
@@ -477,7 +477,7 @@ def _carry_optimizer_state(source, adopted):
 
 
 def _leaves(optimizers):
-    return [o for o in optimizers if not compat.optimizer_children(o)]
+    return [o for o in optimizers if not optimizer_children(o)]
 
 
 def _copy_optimizer(old, new, pairs):
@@ -514,7 +514,7 @@ def _own_variables(optimizer, slot_lists):
     """`optimizer`'s variables that are neither slots nor those of the
     optimizers it wraps, by name (names held by several are left out)."""
     skipped = {id(slot) for slots in slot_lists for slot in slots}
-    for child in compat.optimizer_children(optimizer):
+    for child in optimizer_children(optimizer):
         skipped.update(id(v) for v in child.variables)
     counts = collections.Counter()
     named = {}

@@ -10,6 +10,7 @@ from keras import ops
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.layers.new_units import new_units_value
+from keras_incremental.optimizers.nesting import optimizer_children
 from keras_incremental.utils.checks import check_unit_count
 from keras_incremental.utils.patterns import MAX_NAME_LENGTH
 from keras_incremental.utils.patterns import compile_pattern
@@ -267,7 +268,7 @@ def traced_variables(model):
 
 def _optimizer_tree(optimizer):
     yield optimizer
-    for child in compat.optimizer_children(optimizer):
+    for child in optimizer_children(optimizer):
         yield from _optimizer_tree(child)
 
 
@@ -546,7 +547,7 @@ def _plan_metrics(model, head):
     width = head.units
     resized = []
     for metric in compat.compiled_metrics(model):
-        if compat.is_lazily_built_metric(metric):
+        if _is_lazily_built_metric(metric):
             if metric.variables:
                 resized.append(metric)
             continue
@@ -575,7 +576,7 @@ def resize_lazy_metrics(model, head):
     stale = [
         metric
         for metric in compat.compiled_metrics(model)
-        if compat.is_lazily_built_metric(metric)
+        if _is_lazily_built_metric(metric)
         and (
             not metric.variables
             or any(
@@ -584,6 +585,11 @@ def resize_lazy_metrics(model, head):
         )
     ]
     _resize_metrics(stale, head)
+
+
+def _is_lazily_built_metric(metric):
+    """Whether `compat.reset_lazily_built_metric` can resize `metric`."""
+    return isinstance(metric, keras.metrics.FBetaScore)
 
 
 def _resize_metrics(metrics, head):

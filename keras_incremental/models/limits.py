@@ -10,6 +10,7 @@ that says why and how to fix them.
 import keras
 
 from keras_incremental import compat
+from keras_incremental.models.graph import graph_outputs
 from keras_incremental.models.growth import find_head
 from keras_incremental.models.growth import iter_layers
 
@@ -90,7 +91,7 @@ def _check_leads_to_output(model, head):
         if layers[index] is not head:
             _check_leads_to_output(layers[index], head)
         return
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is None:
         return  # Subclassed: no graph to follow.
     if len(outputs) != 1:
@@ -214,7 +215,7 @@ def _followers(model, head):
             yield from _followers(layers[index], head)
         yield from layers[index + 1 :]
         return
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is None or len(outputs) != 1:
         return
     tensor = outputs[0]

@@ -19,6 +19,7 @@ from keras_incremental.models.growth import layers_matching
 from keras_incremental.optimizers.multiplier_optimizer import (
     MultiplierOptimizer,
 )
+from keras_incremental.optimizers.nesting import optimizer_children
 from keras_incremental.utils.checks import check_multiplier
 from keras_incremental.utils.patterns import compile_pattern
 
@@ -225,7 +226,7 @@ def update_multipliers(optimizer, groups):
 
 def leaf_optimizers(optimizer):
     """The optimizers that hold slots: `optimizer` or those it wraps."""
-    children = compat.optimizer_children(optimizer)
+    children = optimizer_children(optimizer)
     if not children:
         return [optimizer]
     leaves = []
@@ -254,7 +255,7 @@ def rebuild_optimizer(model, new_optimizer):
 
 def _copy_state(old, new, variables):
     iterations = int(ops.convert_to_numpy(old.iterations))
-    for optimizer in [new] + compat.optimizer_children(new):
+    for optimizer in [new] + optimizer_children(new):
         compat.set_optimizer_iterations(optimizer, iterations)
     old_leaves = [o for o in leaf_optimizers(old) if o.built]
     new_leaves = [o for o in leaf_optimizers(new) if o.built]

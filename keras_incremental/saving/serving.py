@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
+from keras_incremental.models.graph import graph_outputs
 from keras_incremental.saving import export_worker
 from keras_incremental.saving.files import open_mode
 from keras_incremental.saving.files import partial_prefix
@@ -420,7 +421,7 @@ def _ends_in_softmax(model):
     """Whether `model`'s output is made by a softmax, also one inside a
     nested model (a classifier built around a `Sequential` whose last layer
     is a softmax `Dense`, ...)."""
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is None or len(outputs) != 1:
         # No graph to follow (a subclassed model): its last layer decides.
         layers = getattr(model, "layers", None)
@@ -469,7 +470,7 @@ def _made_by_softmax(operation, index):
         return True
     if not isinstance(operation, keras.Model):
         return False
-    outputs = compat.graph_outputs(operation)
+    outputs = graph_outputs(operation)
     if outputs is None:
         return _ends_in_softmax(operation)
     if index >= len(outputs):
