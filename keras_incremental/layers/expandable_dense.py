@@ -129,7 +129,7 @@ class ExpandableDense(keras.layers.Dense):
             # The units drawn as a `Dense` of `units` draws them (fans of
             # its shape); the spare columns zero.
             for variable, initializer in (
-                (self._kernel, self.kernel_initializer),
+                (compat.dense_kernel(self), self.kernel_initializer),
                 (self.bias, self.bias_initializer),
             ):
                 if variable is None:
@@ -146,7 +146,7 @@ class ExpandableDense(keras.layers.Dense):
         if self.quantization_mode is None:
             # Lets `expand` grow the kernel and bias in place, so that train
             # and predict functions traced before a growth stay valid.
-            for variable in (self._kernel, self.bias):
+            for variable in (compat.dense_kernel(self), self.bias):
                 if variable is not None:
                     compat.make_growable(variable)
 
@@ -160,7 +160,7 @@ class ExpandableDense(keras.layers.Dense):
         if (
             self.units == 0
             and self._free_width
-            and compat.growable(self._kernel)
+            and compat.growable(compat.dense_kernel(self))
         ):
             # A trace that must also serve once the layer has units (a
             # teacher's head at the first stage): decided at run time.
@@ -169,7 +169,7 @@ class ExpandableDense(keras.layers.Dense):
                     inputs, training=training
                 ),
                 inputs,
-                self._kernel,
+                compat.dense_kernel(self),
                 self.compute_dtype,
             )
         if self.units == 0:
@@ -182,7 +182,7 @@ class ExpandableDense(keras.layers.Dense):
 
     def _spare_capacity_call(self, inputs, training):
         """The outputs of a head with spare capacity (see the class doc)."""
-        outputs = ops.matmul(inputs, self._kernel)
+        outputs = ops.matmul(inputs, compat.dense_kernel(self))
         if self.bias is not None:
             outputs = ops.add(outputs, self.bias)
         if self._free_width and (training or self._masked_in_inference):
@@ -206,7 +206,7 @@ class ExpandableDense(keras.layers.Dense):
         """
         if self._active is None:
             return None
-        capacity = self._kernel.shape[-1]
+        capacity = compat.dense_kernel(self).shape[-1]
         return ops.arange(capacity, dtype="int32") < ops.convert_to_tensor(
             self._active
         )
@@ -216,7 +216,8 @@ class ExpandableDense(keras.layers.Dense):
             return super().save_own_variables(store)
         # The file holds what a `Dense` of `units` holds: the spare columns
         # are an allocation, not weights.
-        store["0"] = compat.variable_numpy(self._kernel)[..., : self.units]
+        kernel = compat.dense_kernel(self)
+        store["0"] = compat.variable_numpy(kernel)[..., : self.units]
         if self.bias is not None:
             store["1"] = compat.variable_numpy(self.bias)[..., : self.units]
 
@@ -232,7 +233,8 @@ class ExpandableDense(keras.layers.Dense):
                 f"{len(store.keys())} variables. Load a file saved from a "
                 "model of the same layout."
             )
-        for index, variable in enumerate([self._kernel, self.bias][:expected]):
+        variables = [compat.dense_kernel(self), self.bias][:expected]
+        for index, variable in enumerate(variables):
             saved = np.asarray(store[str(index)])
             width = tuple(variable.shape[:-1]) + (self.units,)
             if saved.shape != width:
@@ -293,7 +295,7 @@ class ExpandableDense(keras.layers.Dense):
                 "Quantize a model saved and loaded without `capacity`."
             )
         if type_check and type(self) is not ExpandableDense:
-            raise self._not_implemented_error(self.quantize)
+            raise compat.not_implemented_error(self, self.quantize)
         super().quantize(mode, type_check=False, config=config)
 
     def expand(self, n, kernel_initializer=None, bias_initializer=None):
@@ -333,12 +335,12 @@ class ExpandableDense(keras.layers.Dense):
             if self.capacity is not None:
                 self.capacity = self.storage_width(self.units)
             return []
-        if n == 0 and self._kernel.shape[-1] == self.storage_width():
+        old_kernel = compat.dense_kernel(self)
+        if n == 0 and old_kernel.shape[-1] == self.storage_width():
             return []
 
         units = self.units + n
         width = self.storage_width(units)
-        old_kernel = self._kernel
         old_bias = self.bias
         # Growth runs eagerly, once per stage; NumPy keeps it to a handful of
         # backend calls, which is what its cost is made of.
@@ -375,7 +377,7 @@ class ExpandableDense(keras.layers.Dense):
                     self.kernel_regularizer,
                     self.kernel_constraint,
                 )
-                self._kernel = new_kernel
+                compat.set_dense_kernel(self, new_kernel)
                 pairs = [(old_kernel, new_kernel)]
                 if old_bias is not None:
                     new_bias = self._replace_weight(
@@ -425,7 +427,7 @@ class ExpandableDense(keras.layers.Dense):
             return state
         if self._active is None:
             with (
-                compat.variable_scope_of(self._kernel),
+                compat.variable_scope_of(compat.dense_kernel(self)),
                 compat.unlocked_tracker(self),
             ):
                 self._active = self._active_units_weight()
@@ -488,7 +490,7 @@ class ExpandableDense(keras.layers.Dense):
     def _replace_weight(self, old, value, regularizer, constraint):
         name = old.name
         trainable = old.trainable
-        self._tracker.untrack(old)
+        compat.untrack_variable(self, old)
         return self.add_weight(
             name=name,
             shape=value.shape,

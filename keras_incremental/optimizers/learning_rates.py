@@ -162,7 +162,7 @@ def base_learning_rate(optimizer):
             "`keras_incremental.MultiplierOptimizer`. Received: "
             f"{optimizer!r}"
         )
-    rate = optimizer._learning_rate
+    rate = compat.stored_learning_rate(optimizer)
     if not isinstance(rate, keras.Variable):
         raise ValueError(
             "Per-layer learning rates need a constant learning rate, "
