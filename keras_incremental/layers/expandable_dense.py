@@ -109,7 +109,7 @@ class ExpandableDense(keras.layers.Dense):
         # (`F1Score`) size themselves from it inside the first traced step.
         self._free_width = False
         # The width the head will have once the stage being prepared starts
-        # (`IncrementalModel.prepare` announces it); see `_placeholder`.
+        # (`announce_units`); see `_placeholder`.
         self._next_units = 0
 
     def build(self, input_shape):
@@ -418,13 +418,41 @@ class ExpandableDense(keras.layers.Dense):
             )
         self.capacity = max(capacity, self.units, self.capacity or 0)
 
-    def _reserve_built(self, capacity):
-        """Sets the capacity of a built layer ahead of the growth that
-        allocates it (`keras_incremental.expand`); returns what
-        `_unreserve` needs to take it back."""
-        state = (self.capacity, self._active)
+    def allocate(self, capacity):
+        """Sets the spare capacity of a built layer, ahead of the growth
+        that allocates it.
+
+        The layer's `capacity` becomes at least `capacity` (and its
+        `units`), and a head without spare capacity gets its `active_units`
+        variable; the kernel and bias keep their shapes until the next
+        growth reallocates them. `keras_incremental.expand(model, n,
+        capacity=...)` calls it before growing, and `release_allocation` if
+        the growth fails. On an unbuilt layer, use `reserve`.
+
+        Args:
+            capacity: Positive integer, the number of units to make room
+                for. A capacity the layer already has changes nothing.
+
+        Returns:
+            A token for `release_allocation`, which puts the layer's
+            capacity back as it was before this call.
+
+        Raises:
+            TypeError: when `capacity` is not an integer.
+            ValueError: when `capacity` is below 1, or the layer is not
+                built, quantized or has LoRA enabled.
+        """
+        capacity = check_unit_count(capacity, "capacity", 1)
+        if not self.built:
+            raise ValueError(
+                f"Layer '{self.name}' is not built; expected a built layer "
+                "for `allocate`. Received: capacity="
+                f"{capacity}. Use `reserve(capacity)` on an unbuilt layer."
+            )
+        self.check_expandable()
+        token = _Allocation(self, self.capacity, self._active)
         if self.capacity is not None and capacity <= self.capacity:
-            return state
+            return token
         if self._active is None:
             with (
                 compat.variable_scope_of(compat.dense_kernel(self)),
@@ -432,7 +460,7 @@ class ExpandableDense(keras.layers.Dense):
             ):
                 self._active = self._active_units_weight()
         self.capacity = max(capacity, self.units)
-        return state
+        return token
 
     def _active_units_weight(self):
         """The variable that masked outputs read the unit count from."""
@@ -444,17 +472,114 @@ class ExpandableDense(keras.layers.Dense):
             name="active_units",
         )
 
-    def _unreserve(self, state):
-        """Takes back `_reserve_built` (a growth that failed)."""
-        capacity, active = state
-        if active is None and self._active is not None:
-            compat.untrack_variable(self, self._active)
-        self.capacity, self._active = capacity, active
+    def release_allocation(self, token):
+        """Takes back an `allocate` call (after a growth that failed).
 
-    def _set_active(self, units):
-        """Writes the active unit count that masked outputs read."""
+        The layer's `capacity` is put back as it was before the call, and
+        an `active_units` variable that the call made is untracked.
+
+        Args:
+            token: What `allocate` returned on this layer.
+
+        Raises:
+            TypeError: when `token` is not a token from `allocate`.
+            ValueError: when it comes from another layer.
+        """
+        if not isinstance(token, _Allocation):
+            raise TypeError(
+                "Received an invalid value for `token`, expected what "
+                f"`allocate` returned. Received: token={token!r} of type "
+                f"{type(token).__name__}"
+            )
+        if token.layer is not self:
+            raise ValueError(
+                "Received an invalid value for `token`, expected what "
+                f"`allocate` returned on layer '{self.name}'. Received a "
+                f"token of layer '{token.layer.name}'"
+            )
+        if token.active is None and self._active is not None:
+            compat.untrack_variable(self, self._active)
+        self.capacity, self._active = token.capacity, token.active
+
+    def set_active_units(self, n):
+        """Writes the unit count that a head with spare capacity masks its
+        outputs by (its `active_units` variable).
+
+        The masked outputs of a stage's traced functions read the count at
+        run time; `expand` keeps it equal to `units`, and a growth that
+        fails writes the old count back. Without spare capacity there is no
+        count to write, and nothing changes.
+
+        Args:
+            n: Integer from 0 to `units`: the columns read as units, the
+                leading ones.
+
+        Raises:
+            TypeError: when `n` is not an integer.
+            ValueError: when `n` is below 0 or above `units`.
+        """
+        n = check_unit_count(n, "n", 0)
+        if n > self.units:
+            raise ValueError(
+                "Received an invalid value for `n`, expected an integer from "
+                f"0 to the layer's {self.units} units. Received: n={n}"
+            )
         if self._active is not None:
-            self._active.assign(units)
+            self._active.assign(n)
+
+    def announce_units(self, n):
+        """Announces the width the head will have once the stage being
+        prepared starts.
+
+        `fit` on JAX and PyTorch (and on TensorFlow under a distribution
+        strategy) builds the compiled loss and metrics on the model's
+        symbolic outputs before any callback can grow the head; the head
+        then gives them outputs of the announced width (see `_placeholder`).
+        `IncrementalModel` announces the width when it prepares a stage.
+        Nothing else changes: `units`, the weights and the declared output
+        shape stay as they are.
+
+        Args:
+            n: Integer >= `units`, the number of units the head will have.
+
+        Raises:
+            TypeError: when `n` is not an integer.
+            ValueError: when `n` is below the layer's `units`.
+        """
+        self._next_units = check_unit_count(n, "n", self.units)
+
+    @property
+    def free_width(self):
+        """Whether traced functions see the output width as free.
+
+        A function traced with the width free stays valid when the head
+        grows in place (no retrace); one traced with it stated must be
+        remade after a growth. `IncrementalModel` frees it for the functions
+        of its stages, which it keeps from stage to stage. `False` (stated)
+        by default: some metrics (`F1Score`) size themselves from it inside
+        the first traced step. Set it to a bool; it takes effect in the
+        functions traced from then on.
+        """
+        return self._free_width
+
+    @free_width.setter
+    def free_width(self, value):
+        self._free_width = _check_bool(value, "free_width")
+
+    @property
+    def masked_in_inference(self):
+        """Whether a head with spare capacity gives all its columns, the
+        inactive ones masked, also outside training (in functions traced
+        with `free_width`), as it does in training.
+
+        A teacher's head in distillation is read this way. `False` by
+        default. Set it to a bool.
+        """
+        return self._masked_in_inference
+
+    @masked_in_inference.setter
+    def masked_in_inference(self, value):
+        self._masked_in_inference = _check_bool(value, "masked_in_inference")
 
     def storage_width(self, units=None):
         """The width the kernel and bias are allocated with for `units`
@@ -500,6 +625,29 @@ class ExpandableDense(keras.layers.Dense):
             regularizer=regularizer,
             constraint=constraint,
         )
+
+
+class _Allocation:
+    """What `ExpandableDense.allocate` returns: the layer and its capacity
+    and `active_units` variable before the call."""
+
+    def __init__(self, layer, capacity, active):
+        self.layer = layer
+        self.capacity = capacity
+        self.active = active
+
+    def __repr__(self):
+        return f"<allocation of layer '{self.layer.name}'>"
+
+
+def _check_bool(value, argument):
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Received an invalid value for `{argument}`, expected a bool "
+            f"(True or False). Received: {argument}={value!r} of type "
+            f"{type(value).__name__}"
+        )
+    return value
 
 
 def _guarded_product(product, inputs, kernel, dtype):

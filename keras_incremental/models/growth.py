@@ -210,13 +210,13 @@ def expand(
         if not head.built:
             head.reserve(capacity)
         elif capacity > (head.capacity or 0):
-            reserved = head._reserve_built(capacity)
+            reserved = head.allocate(capacity)
             try:
                 return _expand(
                     model, head, n, kernel_initializer, bias_initializer
                 )
             except BaseException:
-                head._unreserve(reserved)
+                head.release_allocation(reserved)
                 raise
     return _expand(model, head, n, kernel_initializer, bias_initializer)
 
@@ -232,7 +232,7 @@ def _expand(model, head, n, kernel_initializer, bias_initializer):
 
     # Functions traced with the head's width stated, or before it had units
     # (their call skipped the product), must be remade after any growth.
-    remake = head.units == 0 or not head._free_width
+    remake = head.units == 0 or not head.free_width
     traced = None if remake else traced_variables(model)
     if head.built:
         growth = _plan_growth(
@@ -508,7 +508,7 @@ def _grow(head, n, growth):
                 step()
             compat.restore_layer_variables(head, layer_state)
             head.units, head.capacity = units, capacity
-            head._set_active(units)
+            head.set_active_units(units)
             for variable, state in states:
                 compat.restore_variable(variable, state)
         except Exception as failure:
