@@ -534,10 +534,11 @@ class ExpandableDense(keras.layers.Dense):
         `fit` on JAX and PyTorch (and on TensorFlow under a distribution
         strategy) builds the compiled loss and metrics on the model's
         symbolic outputs before any callback can grow the head; the head
-        then gives them outputs of the announced width (see `_placeholder`).
-        `IncrementalModel` announces the width when it prepares a stage.
-        Nothing else changes: `units`, the weights and the declared output
-        shape stay as they are.
+        then gives them outputs of the announced width, computed for shapes
+        only and never run. `IncrementalModel` announces the width when it
+        prepares a stage. Nothing else changes: `units`, the weights, the
+        outputs of real calls and the declared output shape
+        (`compute_output_shape`) stay as they are.
 
         Args:
             n: Integer >= `units`, the number of units the head will have.
