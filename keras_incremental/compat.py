@@ -5,6 +5,11 @@ needs a few private attributes of Keras objects (variable trackers, the
 optimizer's variable index, TensorFlow distribution strategies). They are all
 reached through the functions here, so that a change in Keras breaks one
 module, and the tests that cover it, rather than the whole package.
+
+The functions are grouped by the internal they touch, one section each;
+`tests/test_compat.py` has a test per section that exercises the internal
+directly and names it when it fails. Nothing else in the package reaches a
+private attribute of a Keras object (`tests/test_style.py` checks it).
 """
 
 import contextlib
@@ -13,6 +18,8 @@ import inspect
 
 import keras
 import numpy as np
+
+# Layers' tracker: `_tracker` (locked once built, `untrack`, its stores)
 
 
 @contextlib.contextmanager
@@ -38,13 +45,6 @@ def untrack_variable(obj, variable):
         obj._tracker.untrack(variable)
 
 
-def attach_tracked(obj, name, value):
-    """Sets attribute `name` of a (possibly built) layer or model to a Keras
-    object (a metric), tracked as Keras tracks its attributes."""
-    with unlocked_tracker(obj):
-        setattr(obj, name, value)
-
-
 def detach_tracked(obj, name):
     """Removes what `attach_tracked` set, from the tracker too (a plain
     `delattr` leaves it in the layer's lists)."""
@@ -54,6 +54,106 @@ def detach_tracked(obj, name):
     with unlocked_tracker(obj):
         obj._tracker.untrack(value)
     del obj.__dict__[name]
+
+
+def layer_variables_state(layer):
+    """What `restore_layer_variables` needs to put back the variables of
+    `layer` as they are now: its lists of tracked variables, in order, and
+    the attributes that hold variables (`Dense._kernel`, `bias`)."""
+    tracker = layer._tracker
+    stores = {
+        name: list(tracker.config[name][1])
+        for name in ("trainable_variables", "non_trainable_variables")
+        if name in tracker.config
+    }
+    attributes = {
+        name: value
+        for name, value in vars(layer).items()
+        if isinstance(value, keras.Variable)
+    }
+    return stores, attributes
+
+
+def restore_layer_variables(layer, state):
+    """Gives `layer` back the variables it had when `state` was taken
+    (`layer_variables_state`), after a growth that replaced some of them
+    failed half way."""
+    stores, attributes = state
+    tracker = layer._tracker
+    with unlocked_tracker(layer):
+        for name, variable in attributes.items():
+            if vars(layer).get(name) is not variable:
+                # Through `__setattr__`, which also updates the TensorFlow
+                # checkpoint dependencies.
+                setattr(layer, name, variable)
+        for name, variables in stores.items():
+            _set_list_contents(tracker.config[name][1], variables)
+            ids = tracker.stored_ids[name]
+            ids.clear()
+            ids.update(id(variable) for variable in variables)
+
+
+# TensorFlow's tracked lists: `ListWrapper._storage`, `_update_snapshot`
+
+
+def _set_list_item(items, index, value):
+    """`items[index] = value`, also in TensorFlow's list wrapper.
+
+    TensorFlow wraps an object's lists in a `ListWrapper` whose `__setitem__`
+    compares the old and new contents with `==`, which Keras variables of
+    different shapes do not support; it also marks the list as unsaveable.
+    A grown variable takes the place, name and role of the one it replaces,
+    so the wrapper's storage is updated directly.
+    """
+    storage = getattr(items, "_storage", None)
+    if storage is None:
+        items[index] = value
+        return
+    storage[index] = value
+    items._update_snapshot()
+
+
+def _set_list_contents(items, values):
+    """`items[:] = values`, also in TensorFlow's list wrapper (see
+    `_set_list_item`)."""
+    storage = getattr(items, "_storage", None)
+    if storage is None:
+        items[:] = values
+        return
+    storage[:] = values
+    items._update_snapshot()
+
+
+# Dense layers: `Dense._kernel`, `Layer._not_implemented_error`
+
+
+def dense_kernel(layer):
+    """The kernel variable that a built `Dense` `layer` stores
+    (`Dense._kernel`).
+
+    `Dense.kernel` is the kernel the layer computes with: with LoRA, the
+    stored kernel plus its low-rank update, which is no variable. Growth
+    reads, resizes and replaces the stored one.
+    """
+    return layer._kernel
+
+
+def set_dense_kernel(layer, variable):
+    """Makes `variable` the kernel that the `Dense` `layer` stores
+    (`Dense._kernel`) and computes with, set through the layer's
+    `__setattr__` as `Dense.build` sets it (inside `unlocked_tracker` for a
+    built layer)."""
+    layer._kernel = variable
+
+
+def not_implemented_error(layer, attribute):
+    """The error a Keras layer raises for a method or attribute that a
+    subclass does not implement (`Layer._not_implemented_error`)."""
+    return layer._not_implemented_error(attribute)
+
+
+# Variables: `_value`, `_shape`, `_validate_shape`; TensorFlow's
+# `_distribute_strategy`
 
 
 def variable_scope_of(variable):
@@ -229,52 +329,6 @@ def _short_name(tf_variable):
     return tf_variable.name.split(":")[0].rpartition("/")[2]
 
 
-def state_width(outputs, units, free=False):
-    """States the last dimension of a growable head's `outputs`.
-
-    A growable head's variables have a free last dimension, and so have its
-    outputs in traced functions. Keras's shape inference
-    (`compute_output_spec`, which picks losses and metrics when the model is
-    first built) always gets `units`; traced functions get it unless `free`,
-    as some metrics size their state from it (`F1Score`). A function traced
-    with the width stated is only valid for that width.
-    """
-    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-
-    if keras.backend.backend() != "tensorflow" or outputs.shape[-1] is not None:
-        return outputs
-    if not free or in_symbolic_scope():
-        outputs.set_shape(outputs.shape[:-1].concatenate([units]))
-    return outputs
-
-
-def in_shape_inference():
-    """Whether layers are being called for shapes only
-    (`backend.compute_output_spec`, which `fit` uses to build the compiled
-    metrics and loss on JAX and PyTorch): what they compute is never run."""
-    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-
-    return in_symbolic_scope()
-
-
-def guarded_product(product, inputs, kernel, dtype):
-    """`product()`, or an empty output while `kernel` has no columns.
-
-    Decided when the function runs, not when it is traced, so that one
-    trace serves a head (a teacher's, at the first stage) before and after
-    it gains units; TensorFlow's oneDNN matmul aborts the process on a
-    zero-width product, so that one is never computed.
-    """
-    import tensorflow as tf
-
-    def empty():
-        shape = tf.concat([tf.shape(inputs)[:-1], [0]], axis=0)
-        return tf.zeros(shape, dtype=dtype)
-
-    width = tf.shape(kernel.value)[-1]
-    return tf.cond(width > 0, product, empty)
-
-
 @contextlib.contextmanager
 def fixed_shapes(variables):
     """Backs growable `variables` by fixed-shape copies for a while.
@@ -322,14 +376,41 @@ def backend_variable_ids(variables):
     return tuple(id(getattr(v, "_value", v)) for v in variables)
 
 
-def optimizer_children(optimizer):
-    """The optimizers that `optimizer` wraps (loss scaling, multi)."""
-    inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is not None:
-        return [inner]
-    if isinstance(optimizer, keras.optimizers.MultiOptimizer):
-        return list(optimizer.optimizers)
-    return []
+# Shape inference: `keras.src.backend.common.symbolic_scope`
+
+
+def state_width(outputs, units, free=False):
+    """States the last dimension of a growable head's `outputs`.
+
+    A growable head's variables have a free last dimension, and so have its
+    outputs in traced functions. Keras's shape inference
+    (`compute_output_spec`, which picks losses and metrics when the model is
+    first built) always gets `units`; traced functions get it unless `free`,
+    as some metrics size their state from it (`F1Score`). A function traced
+    with the width stated is only valid for that width.
+    """
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    if keras.backend.backend() != "tensorflow" or outputs.shape[-1] is not None:
+        return outputs
+    if not free or in_symbolic_scope():
+        outputs.set_shape(outputs.shape[:-1].concatenate([units]))
+    return outputs
+
+
+def in_shape_inference():
+    """Whether layers are being called for shapes only
+    (`backend.compute_output_spec`, which `fit` uses to build the compiled
+    metrics and loss on JAX and PyTorch): what they compute is never run."""
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    return in_symbolic_scope()
+
+
+# Optimizers: `_var_key`, `_trainable_variables`, `_variables`, `_tracker`,
+# `_trainable_variables_indices`, the slot lists, `_iterations`,
+# `_learning_rate`, `_track_variable`, `_optimizer_map`,
+# `_distribution_strategy`
 
 
 def optimizer_knows(optimizer, variable):
@@ -478,43 +559,6 @@ def fresh_slot_values(optimizer, variables, values, kinds):
     return found
 
 
-def layer_variables_state(layer):
-    """What `restore_layer_variables` needs to put back the variables of
-    `layer` as they are now: its lists of tracked variables, in order, and
-    the attributes that hold variables (`Dense._kernel`, `bias`)."""
-    tracker = layer._tracker
-    stores = {
-        name: list(tracker.config[name][1])
-        for name in ("trainable_variables", "non_trainable_variables")
-        if name in tracker.config
-    }
-    attributes = {
-        name: value
-        for name, value in vars(layer).items()
-        if isinstance(value, keras.Variable)
-    }
-    return stores, attributes
-
-
-def restore_layer_variables(layer, state):
-    """Gives `layer` back the variables it had when `state` was taken
-    (`layer_variables_state`), after a growth that replaced some of them
-    failed half way."""
-    stores, attributes = state
-    tracker = layer._tracker
-    with unlocked_tracker(layer):
-        for name, variable in attributes.items():
-            if vars(layer).get(name) is not variable:
-                # Through `__setattr__`, which also updates the TensorFlow
-                # checkpoint dependencies.
-                setattr(layer, name, variable)
-        for name, variables in stores.items():
-            _set_list_contents(tracker.config[name][1], variables)
-            ids = tracker.stored_ids[name]
-            ids.clear()
-            ids.update(id(variable) for variable in variables)
-
-
 def replace_trainable_variable(optimizer, old, new):
     """Makes `optimizer` update `new` where it updated `old`, same index."""
     key = optimizer._var_key(old)
@@ -546,32 +590,31 @@ def replace_trainable_variable(optimizer, old, new):
         del cache[key]
 
 
-def _set_list_item(items, index, value):
-    """`items[index] = value`, also in TensorFlow's list wrapper.
-
-    TensorFlow wraps an object's lists in a `ListWrapper` whose `__setitem__`
-    compares the old and new contents with `==`, which Keras variables of
-    different shapes do not support; it also marks the list as unsaveable.
-    A grown variable takes the place, name and role of the one it replaces,
-    so the wrapper's storage is updated directly.
-    """
-    storage = getattr(items, "_storage", None)
-    if storage is None:
-        items[index] = value
-        return
-    storage[index] = value
-    items._update_snapshot()
+def set_optimizer_iterations(optimizer, value):
+    """Sets the step counter of `optimizer` (its raw one, not scaled)."""
+    optimizer._iterations.assign(value)
 
 
-def _set_list_contents(items, values):
-    """`items[:] = values`, also in TensorFlow's list wrapper (see
-    `_set_list_item`)."""
-    storage = getattr(items, "_storage", None)
-    if storage is None:
-        items[:] = values
-        return
-    storage[:] = values
-    items._update_snapshot()
+def stored_learning_rate(optimizer):
+    """The learning rate as `optimizer` stores it (`_learning_rate`): a
+    `keras.Variable` for a constant rate, else the schedule or callable that
+    its `learning_rate` property computes the rate from at each step."""
+    return optimizer._learning_rate
+
+
+def track_optimizer_variable(optimizer, variable):
+    """Adds `variable` to the variables `optimizer` saves and loads
+    (`_track_variable`), as Keras adds its own (`iterations`)."""
+    optimizer._track_variable(variable)
+
+
+def multi_optimizer_map(optimizer):
+    """The `OptimizerMap` (or callable) that a `MultiOptimizer` was made
+    with (`_optimizer_map`)."""
+    return optimizer._optimizer_map
+
+
+# Compile state: `_compile_metrics`, `_compile_loss`, `_compile_config`
 
 
 def compiled_metrics(model):
@@ -628,6 +671,22 @@ def _mean_of_samples(spec):
     )
 
 
+def set_model_optimizer(model, optimizer):
+    """Makes `optimizer` the model's optimizer, also for `model.save`.
+
+    `model.save` serializes the optimizer captured by `compile`, not
+    `model.optimizer`; `load_model` would otherwise rebuild the old optimizer
+    and silently drop the saved state.
+    """
+    model.optimizer = optimizer
+    config = getattr(model, "_compile_config", None)
+    if config is not None:
+        config.config["optimizer"] = optimizer
+
+
+# Metrics: `Metric._built`, `_tracker`
+
+
 def reset_lazily_built_metric(metric):
     """Drops the state of a metric that sizes its variables on first use.
 
@@ -640,9 +699,8 @@ def reset_lazily_built_metric(metric):
     metric._built = False
 
 
-def is_lazily_built_metric(metric):
-    """Whether `reset_lazily_built_metric` can resize `metric`."""
-    return isinstance(metric, keras.metrics.FBetaScore)
+# Trainer functions: the cached `*_function`s, the JAX trainer's
+# `jax.jit(self.*_step)`
 
 
 def remake_compiled_functions(model):
@@ -741,36 +799,53 @@ class _RemadeOnCall:
         return function
 
 
-def portable_optimizers():
-    """`custom_objects` that load an optimizer saved on any backend.
+# Callbacks: `CallbackList` calling each callback's `on_train_begin`
 
-    On PyTorch, `keras.optimizers.Adam()` makes an instance of a
-    backend-only subclass (`keras.src.backend.torch.optimizers.torch_adam`),
-    and `model.save` records that module: another backend would load the
-    PyTorch class and fail on its first step. These map each public
-    optimizer's registered name (its class name) to the public class, which
-    makes this backend's own kind.
+
+def run_after_train_end(callback, finish):
+    """Has `finish()` run once every callback of the running `fit` ended.
+
+    Called from `callback.on_train_begin`. Keras calls the callbacks'
+    `on_train_end` in list order, and one listed after `callback` may still
+    set the model's weights there (`EarlyStopping(restore_best_weights=
+    True)`). Keras gives a callback no handle on its `CallbackList`, so it is
+    found as the caller of `on_train_begin`, and its `on_train_end` is
+    wrapped on that instance, which lives for one `fit` only.
+
+    Returns:
+        `True` when `finish` will run after the callbacks' `on_train_end`;
+        `False` when `on_train_begin` was not called by a `CallbackList`
+        holding `callback` (called by hand): the caller then finishes in its
+        own `on_train_end`.
     """
-    return {
-        name: value
-        for name, value in vars(keras.optimizers).items()
-        if isinstance(value, type)
-        and issubclass(value, keras.optimizers.Optimizer)
-    }
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back.f_back
+        callbacks = caller.f_locals.get("self") if caller else None
+    finally:
+        del frame
+    if not isinstance(callbacks, keras.callbacks.CallbackList) or not any(
+        item is callback for item in callbacks.callbacks
+    ):
+        return False
+    end = callbacks.on_train_end
+    wrapped_before = "on_train_end" in vars(callbacks)
+
+    def on_train_end(logs=None):
+        # A `CallbackList` the user made and passes again to the next `fit`
+        # gets its own `on_train_end` back.
+        if wrapped_before:
+            callbacks.on_train_end = end
+        else:
+            del callbacks.on_train_end
+        end(logs)
+        finish()
+
+    callbacks.on_train_end = on_train_end
+    return True
 
 
-def set_model_optimizer(model, optimizer):
-    """Makes `optimizer` the model's optimizer, also for `model.save`.
-
-    `model.save` serializes the optimizer captured by `compile`, not
-    `model.optimizer`; `load_model` would otherwise rebuild the old optimizer
-    and silently drop the saved state.
-    """
-    model.optimizer = optimizer
-    config = getattr(model, "_compile_config", None)
-    if config is not None:
-        config.config["optimizer"] = optimizer
-
+# Saving: `saving_lib.get_attr_skipset`, `global_state`
 
 # The kinds of objects `model.save` and `load_model` walk
 # (`KerasSaveable._obj_type()`), each with its set of attributes to skip.
@@ -828,70 +903,8 @@ def cache_saving_skipsets():
     )
 
 
-def set_optimizer_iterations(optimizer, value):
-    """Sets the step counter of `optimizer` (its raw one, not scaled)."""
-    optimizer._iterations.assign(value)
-
-
-def run_after_train_end(callback, finish):
-    """Has `finish()` run once every callback of the running `fit` ended.
-
-    Called from `callback.on_train_begin`. Keras calls the callbacks'
-    `on_train_end` in list order, and one listed after `callback` may still
-    set the model's weights there (`EarlyStopping(restore_best_weights=
-    True)`). Keras gives a callback no handle on its `CallbackList`, so it is
-    found as the caller of `on_train_begin`, and its `on_train_end` is
-    wrapped on that instance, which lives for one `fit` only.
-
-    Returns:
-        `True` when `finish` will run after the callbacks' `on_train_end`;
-        `False` when `on_train_begin` was not called by a `CallbackList`
-        holding `callback` (called by hand): the caller then finishes in its
-        own `on_train_end`.
-    """
-    frame = inspect.currentframe()
-    try:
-        caller = frame.f_back.f_back
-        callbacks = caller.f_locals.get("self") if caller else None
-    finally:
-        del frame
-    if not isinstance(callbacks, keras.callbacks.CallbackList) or not any(
-        item is callback for item in callbacks.callbacks
-    ):
-        return False
-    end = callbacks.on_train_end
-    wrapped_before = "on_train_end" in vars(callbacks)
-
-    def on_train_end(logs=None):
-        # A `CallbackList` the user made and passes again to the next `fit`
-        # gets its own `on_train_end` back.
-        if wrapped_before:
-            callbacks.on_train_end = end
-        else:
-            del callbacks.on_train_end
-        end(logs)
-        finish()
-
-    callbacks.on_train_end = on_train_end
-    return True
-
-
-def graph_outputs(model):
-    """The symbolic output tensors of a model built as a graph of layers.
-
-    Args:
-        model: A Keras model.
-
-    Returns:
-        A flat list of `KerasTensor`s for a functional model (a `Sequential`
-        one with a known input included), or `None` for a model without a
-        graph: a subclassed model, a `Sequential` model not yet built.
-    """
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    return None if outputs is None else list(outputs)
+# Functional graph: `_keras_history`, `_inbound_nodes`, `_keras_logits`,
+# `keras.src.ops.nn.Softmax`
 
 
 def tensor_producer(tensor):

@@ -72,7 +72,7 @@ def test_free_width_training_outputs_mask_the_spare_columns():
     x, _ = data(4, features=5)
     head = ki.ExpandableDense(2, capacity=4, activation="softmax")
     model = keras.Sequential([keras.Input((5,)), head])
-    head._free_width = True
+    head.free_width = True
     trained = numpy(model(x, training=True))
     assert trained.shape == (4, 4)
     # A softmax gives the spare columns exactly nothing.
@@ -80,7 +80,7 @@ def test_free_width_training_outputs_mask_the_spare_columns():
     np.testing.assert_allclose(trained[:, :2], numpy(model(x)), rtol=1e-6)
     # Inference (predict in a callback) still gives the units.
     assert numpy(model(x, training=False)).shape == (4, 2)
-    head._masked_in_inference = True
+    head.masked_in_inference = True
     assert numpy(model(x, training=False)).shape == (4, 4)
 
 

@@ -296,7 +296,8 @@ class IncrementalModel(keras.callbacks.Callback):
         if model is not None:
             # `fit` may build the loss and metrics on the head's output
             # before the callback grows it.
-            self._head(model).announce_units(len(encoder))
+            head = self._head(model)
+            head.announce_units(max(len(encoder), head.units))
             if packed:
                 stage_loss.unpack_targets(model)
         return fit_data

@@ -67,7 +67,10 @@ def carry(model, variables):
     variables = list(variables)
     if keras.backend.backend() != "jax" or not variables:
         return
-    compat.attach_tracked(model, ATTRIBUTE, StageVariables(variables))
+    # Tracked as Keras tracks a model's attributes, also on a built model,
+    # whose tracker is locked.
+    with compat.unlocked_tracker(model):
+        setattr(model, ATTRIBUTE, StageVariables(variables))
 
 
 def drop(model):

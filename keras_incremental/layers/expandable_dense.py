@@ -109,7 +109,7 @@ class ExpandableDense(keras.layers.Dense):
         # (`F1Score`) size themselves from it inside the first traced step.
         self._free_width = False
         # The width the head will have once the stage being prepared starts
-        # (`IncrementalModel.prepare` announces it); see `_placeholder`.
+        # (`announce_units`); see `_placeholder`.
         self._next_units = 0
 
     def build(self, input_shape):
@@ -129,7 +129,7 @@ class ExpandableDense(keras.layers.Dense):
             # The units drawn as a `Dense` of `units` draws them (fans of
             # its shape); the spare columns zero.
             for variable, initializer in (
-                (self._kernel, self.kernel_initializer),
+                (compat.dense_kernel(self), self.kernel_initializer),
                 (self.bias, self.bias_initializer),
             ):
                 if variable is None:
@@ -146,7 +146,7 @@ class ExpandableDense(keras.layers.Dense):
         if self.quantization_mode is None:
             # Lets `expand` grow the kernel and bias in place, so that train
             # and predict functions traced before a growth stay valid.
-            for variable in (self._kernel, self.bias):
+            for variable in (compat.dense_kernel(self), self.bias):
                 if variable is not None:
                     compat.make_growable(variable)
 
@@ -160,16 +160,16 @@ class ExpandableDense(keras.layers.Dense):
         if (
             self.units == 0
             and self._free_width
-            and compat.growable(self._kernel)
+            and compat.growable(compat.dense_kernel(self))
         ):
             # A trace that must also serve once the layer has units (a
             # teacher's head at the first stage): decided at run time.
-            return compat.guarded_product(
+            return _guarded_product(
                 lambda: super(ExpandableDense, self).call(
                     inputs, training=training
                 ),
                 inputs,
-                self._kernel,
+                compat.dense_kernel(self),
                 self.compute_dtype,
             )
         if self.units == 0:
@@ -182,7 +182,7 @@ class ExpandableDense(keras.layers.Dense):
 
     def _spare_capacity_call(self, inputs, training):
         """The outputs of a head with spare capacity (see the class doc)."""
-        outputs = ops.matmul(inputs, self._kernel)
+        outputs = ops.matmul(inputs, compat.dense_kernel(self))
         if self.bias is not None:
             outputs = ops.add(outputs, self.bias)
         if self._free_width and (training or self._masked_in_inference):
@@ -206,7 +206,7 @@ class ExpandableDense(keras.layers.Dense):
         """
         if self._active is None:
             return None
-        capacity = self._kernel.shape[-1]
+        capacity = compat.dense_kernel(self).shape[-1]
         return ops.arange(capacity, dtype="int32") < ops.convert_to_tensor(
             self._active
         )
@@ -216,7 +216,8 @@ class ExpandableDense(keras.layers.Dense):
             return super().save_own_variables(store)
         # The file holds what a `Dense` of `units` holds: the spare columns
         # are an allocation, not weights.
-        store["0"] = compat.variable_numpy(self._kernel)[..., : self.units]
+        kernel = compat.dense_kernel(self)
+        store["0"] = compat.variable_numpy(kernel)[..., : self.units]
         if self.bias is not None:
             store["1"] = compat.variable_numpy(self.bias)[..., : self.units]
 
@@ -232,7 +233,8 @@ class ExpandableDense(keras.layers.Dense):
                 f"{len(store.keys())} variables. Load a file saved from a "
                 "model of the same layout."
             )
-        for index, variable in enumerate([self._kernel, self.bias][:expected]):
+        variables = [compat.dense_kernel(self), self.bias][:expected]
+        for index, variable in enumerate(variables):
             saved = np.asarray(store[str(index)])
             width = tuple(variable.shape[:-1]) + (self.units,)
             if saved.shape != width:
@@ -246,53 +248,6 @@ class ExpandableDense(keras.layers.Dense):
             value[..., : self.units] = saved
             variable.assign(value)
         self._active.assign(self.units)
-
-    def announce_units(self, units):
-        """Announces the width the head will have once the coming stage
-        starts.
-
-        `fit` may build its compiled loss and metrics on the head's output
-        before any callback grows the head (JAX, PyTorch, and TensorFlow
-        under a distribution strategy); until then a head with fewer units
-        gives a placeholder of the announced width there.
-
-        Args:
-            units: Non-negative integer, the coming width (the head gives
-                its own where that is more).
-
-        Raises:
-            TypeError: for a value that is not an integer.
-            ValueError: for a negative one.
-        """
-        units = check_unit_count(units, "units", 0)
-        self._next_units = units
-
-    @property
-    def free_width(self):
-        """Whether traced functions see the output width as free.
-
-        A function traced with the width free stays valid when the head
-        grows in place (no retrace); one traced with it stated must be
-        remade. `IncrementalModel` frees it for the functions of its stages,
-        which it keeps from stage to stage. Stated (`False`) by default:
-        some metrics (`F1Score`) size themselves from it inside the first
-        traced step.
-        """
-        return self._free_width
-
-    @free_width.setter
-    def free_width(self, value):
-        self._free_width = _check_flag(value, "free_width")
-
-    @property
-    def masked_in_inference(self):
-        """Whether a head with spare capacity gives its masked columns in
-        inference too (a teacher's head does), not only in training."""
-        return self._masked_in_inference
-
-    @masked_in_inference.setter
-    def masked_in_inference(self, value):
-        self._masked_in_inference = _check_flag(value, "masked_in_inference")
 
     def get_config(self):
         config = super().get_config()
@@ -340,7 +295,7 @@ class ExpandableDense(keras.layers.Dense):
                 "Quantize a model saved and loaded without `capacity`."
             )
         if type_check and type(self) is not ExpandableDense:
-            raise self._not_implemented_error(self.quantize)
+            raise compat.not_implemented_error(self, self.quantize)
         super().quantize(mode, type_check=False, config=config)
 
     def expand(self, n, kernel_initializer=None, bias_initializer=None):
@@ -380,12 +335,12 @@ class ExpandableDense(keras.layers.Dense):
             if self.capacity is not None:
                 self.capacity = self.storage_width(self.units)
             return []
-        if n == 0 and self._kernel.shape[-1] == self.storage_width():
+        old_kernel = compat.dense_kernel(self)
+        if n == 0 and old_kernel.shape[-1] == self.storage_width():
             return []
 
         units = self.units + n
         width = self.storage_width(units)
-        old_kernel = self._kernel
         old_bias = self.bias
         # Growth runs eagerly, once per stage; NumPy keeps it to a handful of
         # backend calls, which is what its cost is made of.
@@ -422,7 +377,7 @@ class ExpandableDense(keras.layers.Dense):
                     self.kernel_regularizer,
                     self.kernel_constraint,
                 )
-                self._kernel = new_kernel
+                compat.set_dense_kernel(self, new_kernel)
                 pairs = [(old_kernel, new_kernel)]
                 if old_bias is not None:
                     new_bias = self._replace_weight(
@@ -463,21 +418,49 @@ class ExpandableDense(keras.layers.Dense):
             )
         self.capacity = max(capacity, self.units, self.capacity or 0)
 
-    def _reserve_built(self, capacity):
-        """Sets the capacity of a built layer ahead of the growth that
-        allocates it (`keras_incremental.expand`); returns what
-        `_unreserve` needs to take it back."""
-        state = (self.capacity, self._active)
+    def allocate(self, capacity):
+        """Sets the spare capacity of a built layer, ahead of the growth
+        that allocates it.
+
+        The layer's `capacity` becomes at least `capacity` (and its
+        `units`), and a head without spare capacity gets its `active_units`
+        variable; the kernel and bias keep their shapes until the next
+        growth reallocates them. `keras_incremental.expand(model, n,
+        capacity=...)` calls it before growing, and `release_allocation` if
+        the growth fails. On an unbuilt layer, use `reserve`.
+
+        Args:
+            capacity: Positive integer, the number of units to make room
+                for. A capacity the layer already has changes nothing.
+
+        Returns:
+            A token for `release_allocation`, which puts the layer's
+            capacity back as it was before this call.
+
+        Raises:
+            TypeError: when `capacity` is not an integer.
+            ValueError: when `capacity` is below 1, or the layer is not
+                built, quantized or has LoRA enabled.
+        """
+        capacity = check_unit_count(capacity, "capacity", 1)
+        if not self.built:
+            raise ValueError(
+                f"Layer '{self.name}' is not built; expected a built layer "
+                "for `allocate`. Received: capacity="
+                f"{capacity}. Use `reserve(capacity)` on an unbuilt layer."
+            )
+        self.check_expandable()
+        token = _Allocation(self, self.capacity, self._active)
         if self.capacity is not None and capacity <= self.capacity:
-            return state
+            return token
         if self._active is None:
             with (
-                compat.variable_scope_of(self._kernel),
+                compat.variable_scope_of(compat.dense_kernel(self)),
                 compat.unlocked_tracker(self),
             ):
                 self._active = self._active_units_weight()
         self.capacity = max(capacity, self.units)
-        return state
+        return token
 
     def _active_units_weight(self):
         """The variable that masked outputs read the unit count from."""
@@ -489,17 +472,115 @@ class ExpandableDense(keras.layers.Dense):
             name="active_units",
         )
 
-    def _unreserve(self, state):
-        """Takes back `_reserve_built` (a growth that failed)."""
-        capacity, active = state
-        if active is None and self._active is not None:
-            compat.untrack_variable(self, self._active)
-        self.capacity, self._active = capacity, active
+    def release_allocation(self, token):
+        """Takes back an `allocate` call (after a growth that failed).
 
-    def _set_active(self, units):
-        """Writes the active unit count that masked outputs read."""
+        The layer's `capacity` is put back as it was before the call, and
+        an `active_units` variable that the call made is untracked.
+
+        Args:
+            token: What `allocate` returned on this layer.
+
+        Raises:
+            TypeError: when `token` is not a token from `allocate`.
+            ValueError: when it comes from another layer.
+        """
+        if not isinstance(token, _Allocation):
+            raise TypeError(
+                "Received an invalid value for `token`, expected what "
+                f"`allocate` returned. Received: token={token!r} of type "
+                f"{type(token).__name__}"
+            )
+        if token.layer is not self:
+            raise ValueError(
+                "Received an invalid value for `token`, expected what "
+                f"`allocate` returned on layer '{self.name}'. Received a "
+                f"token of layer '{token.layer.name}'"
+            )
+        if token.active is None and self._active is not None:
+            compat.untrack_variable(self, self._active)
+        self.capacity, self._active = token.capacity, token.active
+
+    def set_active_units(self, n):
+        """Writes the unit count that a head with spare capacity masks its
+        outputs by (its `active_units` variable).
+
+        The masked outputs of a stage's traced functions read the count at
+        run time; `expand` keeps it equal to `units`, and a growth that
+        fails writes the old count back. Without spare capacity there is no
+        count to write, and nothing changes.
+
+        Args:
+            n: Integer from 0 to `units`: the columns read as units, the
+                leading ones.
+
+        Raises:
+            TypeError: when `n` is not an integer.
+            ValueError: when `n` is below 0 or above `units`.
+        """
+        n = check_unit_count(n, "n", 0)
+        if n > self.units:
+            raise ValueError(
+                "Received an invalid value for `n`, expected an integer from "
+                f"0 to the layer's {self.units} units. Received: n={n}"
+            )
         if self._active is not None:
-            self._active.assign(units)
+            self._active.assign(n)
+
+    def announce_units(self, n):
+        """Announces the width the head will have once the stage being
+        prepared starts.
+
+        `fit` on JAX and PyTorch (and on TensorFlow under a distribution
+        strategy) builds the compiled loss and metrics on the model's
+        symbolic outputs before any callback can grow the head; the head
+        then gives them outputs of the announced width, computed for shapes
+        only and never run. `IncrementalModel` announces the width when it
+        prepares a stage. Nothing else changes: `units`, the weights, the
+        outputs of real calls and the declared output shape
+        (`compute_output_shape`) stay as they are.
+
+        Args:
+            n: Integer >= `units`, the number of units the head will have.
+
+        Raises:
+            TypeError: when `n` is not an integer.
+            ValueError: when `n` is below the layer's `units`.
+        """
+        self._next_units = check_unit_count(n, "n", self.units)
+
+    @property
+    def free_width(self):
+        """Whether traced functions see the output width as free.
+
+        A function traced with the width free stays valid when the head
+        grows in place (no retrace); one traced with it stated must be
+        remade after a growth. `IncrementalModel` frees it for the functions
+        of its stages, which it keeps from stage to stage. `False` (stated)
+        by default: some metrics (`F1Score`) size themselves from it inside
+        the first traced step. Set it to a bool; it takes effect in the
+        functions traced from then on.
+        """
+        return self._free_width
+
+    @free_width.setter
+    def free_width(self, value):
+        self._free_width = _check_bool(value, "free_width")
+
+    @property
+    def masked_in_inference(self):
+        """Whether a head with spare capacity gives all its columns, the
+        inactive ones masked, also outside training (in functions traced
+        with `free_width`), as it does in training.
+
+        A teacher's head in distillation is read this way. `False` by
+        default. Set it to a bool.
+        """
+        return self._masked_in_inference
+
+    @masked_in_inference.setter
+    def masked_in_inference(self, value):
+        self._masked_in_inference = _check_bool(value, "masked_in_inference")
 
     def storage_width(self, units=None):
         """The width the kernel and bias are allocated with for `units`
@@ -535,7 +616,7 @@ class ExpandableDense(keras.layers.Dense):
     def _replace_weight(self, old, value, regularizer, constraint):
         name = old.name
         trainable = old.trainable
-        self._tracker.untrack(old)
+        compat.untrack_variable(self, old)
         return self.add_weight(
             name=name,
             shape=value.shape,
@@ -545,6 +626,47 @@ class ExpandableDense(keras.layers.Dense):
             regularizer=regularizer,
             constraint=constraint,
         )
+
+
+class _Allocation:
+    """What `ExpandableDense.allocate` returns: the layer and its capacity
+    and `active_units` variable before the call."""
+
+    def __init__(self, layer, capacity, active):
+        self.layer = layer
+        self.capacity = capacity
+        self.active = active
+
+    def __repr__(self):
+        return f"<allocation of layer '{self.layer.name}'>"
+
+
+def _check_bool(value, argument):
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Received an invalid value for `{argument}`, expected a bool "
+            f"(True or False). Received: {argument}={value!r} of type "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def _guarded_product(product, inputs, kernel, dtype):
+    """`product()`, or an empty output while `kernel` has no columns.
+
+    Decided when the function runs, not when it is traced, so that one
+    trace serves a head (a teacher's, at the first stage) before and after
+    it gains units; TensorFlow's oneDNN matmul aborts the process on a
+    zero-width product, so that one is never computed.
+    """
+    import tensorflow as tf
+
+    def empty():
+        shape = tf.concat([tf.shape(inputs)[:-1], [0]], axis=0)
+        return tf.zeros(shape, dtype=dtype)
+
+    width = tf.shape(kernel.value)[-1]
+    return tf.cond(width > 0, product, empty)
 
 
 def _grown_value(variable, initializer, units, grown_units, width):
@@ -558,12 +680,3 @@ def _grown_value(variable, initializer, units, grown_units, width):
         initializer, shape, units, variable.dtype
     )
     return value
-
-
-def _check_flag(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"Received an invalid value for `{name}`, expected a bool. "
-            f"Received: {name}={value!r}"
-        )
-    return bool(value)

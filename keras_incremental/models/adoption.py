@@ -16,13 +16,16 @@ import numpy as np
 
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.models.graph import graph_outputs
 from keras_incremental.models.heads import find_layer
 from keras_incremental.models.heads import may_follow_head
 from keras_incremental.models.heads import walk_back
+from keras_incremental.optimizers.nesting import optimizer_children
 from keras_incremental.optimizers.slots import copy_slots
 from keras_incremental.optimizers.slots import leaf_optimizers
 from keras_incremental.optimizers.slots import optimizer_tree
 from keras_incremental.saving.files import keras_file_path
+from keras_incremental.saving.portable import portable_optimizers
 from keras_incremental.utils.messages import preview
 
 
@@ -146,10 +149,7 @@ class _Cloner:
             return copy
         if item is self.head:
             copy = ExpandableDense.from_config(item.get_config())
-        elif (
-            isinstance(item, keras.Model)
-            and compat.graph_outputs(item) is not None
-        ):
+        elif isinstance(item, keras.Model) and graph_outputs(item) is not None:
             copy = self.clone(item)
         else:
             copy = item.__class__.from_config(item.get_config())
@@ -229,7 +229,7 @@ def _load(source):
     try:
         model = keras.saving.load_model(
             path,
-            custom_objects=compat.portable_optimizers(),
+            custom_objects=portable_optimizers(),
             compile=True,
             safe_mode=True,
         )
@@ -255,7 +255,7 @@ def _check_model(model):
             "expected a built model. Build it with `keras.Input` in the "
             "model, `model.build(input_shape)`, or by calling it on data."
         )
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is None:
         raise TypeError(
             f"Model '{model.name}' is a subclassed model "
@@ -311,7 +311,7 @@ def _output_dense(model):
     def enter(layer):
         if not isinstance(layer, keras.Model):
             return False
-        inner = compat.graph_outputs(layer)
+        inner = graph_outputs(layer)
         if inner is None or len(inner) != 1:
             raise ValueError(
                 f"The output of model '{model.name}' comes from nested "
@@ -462,7 +462,7 @@ def _own_variables(optimizer, slot_lists):
     """`optimizer`'s variables that are neither slots nor those of the
     optimizers it wraps, by name (names held by several are left out)."""
     skipped = {id(slot) for slots in slot_lists for slot in slots}
-    for child in compat.optimizer_children(optimizer):
+    for child in optimizer_children(optimizer):
         skipped.update(id(v) for v in child.variables)
     counts = collections.Counter()
     named = {}

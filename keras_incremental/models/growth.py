@@ -2,6 +2,7 @@
 
 import warnings
 
+import keras
 import numpy as np
 from keras import initializers
 from keras import ops
@@ -137,13 +138,13 @@ def expand(
         if not head.built:
             head.reserve(capacity)
         elif capacity > (head.capacity or 0):
-            reserved = head._reserve_built(capacity)
+            reserved = head.allocate(capacity)
             try:
                 return _expand(
                     model, head, n, kernel_initializer, bias_initializer
                 )
             except BaseException:
-                head._unreserve(reserved)
+                head.release_allocation(reserved)
                 raise
     return _expand(model, head, n, kernel_initializer, bias_initializer)
 
@@ -159,7 +160,7 @@ def _expand(model, head, n, kernel_initializer, bias_initializer):
 
     # Functions traced with the head's width stated, or before it had units
     # (their call skipped the product), must be remade after any growth.
-    remake = head.units == 0 or not head._free_width
+    remake = head.units == 0 or not head.free_width
     traced = None if remake else traced_variables(model)
     if head.built:
         growth = _plan_growth(
@@ -429,7 +430,7 @@ def _grow(head, n, growth):
                 step()
             compat.restore_layer_variables(head, layer_state)
             head.units, head.capacity = units, capacity
-            head._set_active(units)
+            head.set_active_units(units)
             for variable, state in states:
                 compat.restore_variable(variable, state)
         except Exception as failure:
@@ -468,7 +469,7 @@ def _plan_metrics(model, head):
     width = head.units
     resized = []
     for metric in compat.compiled_metrics(model):
-        if compat.is_lazily_built_metric(metric):
+        if _is_lazily_built_metric(metric):
             if metric.variables:
                 resized.append(metric)
             continue
@@ -497,7 +498,7 @@ def resize_lazy_metrics(model, head):
     stale = [
         metric
         for metric in compat.compiled_metrics(model)
-        if compat.is_lazily_built_metric(metric)
+        if _is_lazily_built_metric(metric)
         and (
             not metric.variables
             or any(
@@ -506,6 +507,11 @@ def resize_lazy_metrics(model, head):
         )
     ]
     _resize_metrics(stale, head)
+
+
+def _is_lazily_built_metric(metric):
+    """Whether `compat.reset_lazily_built_metric` can resize `metric`."""
+    return isinstance(metric, keras.metrics.FBetaScore)
 
 
 def _resize_metrics(metrics, head):

@@ -13,6 +13,7 @@ import keras
 
 from keras_incremental import compat
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.models.graph import graph_outputs
 from keras_incremental.utils.messages import preview
 
 # The layers without weights that may follow a growing head: each keeps the
@@ -241,7 +242,7 @@ def walk_back(model, enter=None, index=0):
     # ['probabilities', 'head']
     ```
     """
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is None:
         if isinstance(model, keras.Sequential):
             yield from _walk_layers(model, enter)

@@ -10,6 +10,7 @@ that says why and how to fix them.
 import keras
 
 from keras_incremental import compat
+from keras_incremental.models.graph import graph_outputs
 from keras_incremental.models.heads import HEAD_FOLLOWERS
 from keras_incremental.models.heads import find_head
 from keras_incremental.models.heads import iter_layers
@@ -72,7 +73,7 @@ def _holder_of(head):
 
 
 def _check_one_output(model, head):
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is not None and len(outputs) != 1:
         _refuse_several_outputs(model, outputs, head)
 
@@ -184,7 +185,7 @@ def spare_capacity_problem(model, head):
 def _followers(model, head):
     """The layers between `head` and `model`'s output, from the output back,
     as `check_growable_head` walks them."""
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is not None and len(outputs) != 1:
         return
     for step in walk_back(model, _holder_of(head)):

@@ -19,6 +19,7 @@ from keras_incremental.models.growth import layers_matching
 from keras_incremental.optimizers.multiplier_optimizer import (
     MultiplierOptimizer,
 )
+from keras_incremental.optimizers.nesting import optimizer_children
 from keras_incremental.optimizers.slots import copy_slots
 from keras_incremental.optimizers.slots import leaf_optimizers
 from keras_incremental.utils.checks import check_multiplier
@@ -163,7 +164,7 @@ def base_learning_rate(optimizer):
             "`keras_incremental.MultiplierOptimizer`. Received: "
             f"{optimizer!r}"
         )
-    rate = optimizer._learning_rate
+    rate = compat.stored_learning_rate(optimizer)
     if not isinstance(rate, keras.Variable):
         raise ValueError(
             "Per-layer learning rates need a constant learning rate, "
@@ -247,7 +248,7 @@ def rebuild_optimizer(model, new_optimizer):
 
 def _copy_state(old, new, variables):
     iterations = int(ops.convert_to_numpy(old.iterations))
-    for optimizer in [new] + compat.optimizer_children(new):
+    for optimizer in [new] + optimizer_children(new):
         compat.set_optimizer_iterations(optimizer, iterations)
     old_leaves = [o for o in leaf_optimizers(old) if o.built]
     new_leaves = [o for o in leaf_optimizers(new) if o.built]

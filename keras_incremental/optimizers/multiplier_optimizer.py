@@ -5,6 +5,7 @@ import re
 import keras
 from keras import ops
 
+from keras_incremental import compat
 from keras_incremental.utils.checks import check_multiplier
 
 
@@ -83,14 +84,14 @@ class MultiplierOptimizer(keras.optimizers.MultiOptimizer):
                     trainable=False,
                     aggregation="only_first_replica",
                 )
-            self._track_variable(variable)
+            compat.track_optimizer_variable(self, variable)
             self._multiplier_variables[pattern] = variable
             mapping[pattern].learning_rate = _ScaledRate(optimizer, variable)
 
     @property
     def base_optimizer(self):
         """The sub-optimizer of the variables in no group."""
-        return self._optimizer_map.default_optimizer
+        return compat.multi_optimizer_map(self).default_optimizer
 
     @property
     def learning_rate(self):

@@ -4,6 +4,7 @@ wraps: walking them, and copying the slots from one optimizer to another."""
 from keras import ops
 
 from keras_incremental import compat
+from keras_incremental.optimizers.nesting import optimizer_children
 
 
 def optimizer_tree(optimizer):
@@ -20,7 +21,7 @@ def optimizer_tree(optimizer):
         The optimizers, each before the ones it wraps.
     """
     yield optimizer
-    for child in compat.optimizer_children(optimizer):
+    for child in optimizer_children(optimizer):
         yield from optimizer_tree(child)
 
 
@@ -37,7 +38,7 @@ def leaf_optimizers(optimizer):
     return [
         item
         for item in optimizer_tree(optimizer)
-        if not compat.optimizer_children(item)
+        if not optimizer_children(item)
     ]
 
 

@@ -29,6 +29,7 @@ from keras_incremental import compat
 from keras_incremental.models.heads import find_head
 from keras_incremental.saving import safe_read
 from keras_incremental.saving.files import atomic_path
+from keras_incremental.saving.portable import portable_optimizers
 from keras_incremental.saving.run_state import FORMAT_VERSION
 from keras_incremental.saving.run_state import RunState
 from keras_incremental.utils.checks import check_path
@@ -194,7 +195,7 @@ def _load_model(path):
     compat.cache_saving_skipsets()
     try:
         return keras.saving.load_model(
-            path, custom_objects=compat.portable_optimizers(), safe_mode=True
+            path, custom_objects=portable_optimizers(), safe_mode=True
         )
     except Exception as error:
         # Keras raises many kinds of errors for a damaged or hostile file;

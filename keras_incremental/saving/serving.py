@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from keras_incremental import compat
+from keras_incremental.models.graph import graph_outputs
 from keras_incremental.models.heads import passes_through
 from keras_incremental.models.heads import walk_back
 from keras_incremental.saving import export_worker
@@ -469,7 +470,7 @@ def _ends_in_softmax(model):
     nested model (a classifier built around a `Sequential` whose last layer
     is a softmax `Dense`, ...), before layers that pass their input through
     at inference (an adopted softmax `Dense` followed by `Dropout`)."""
-    outputs = compat.graph_outputs(model)
+    outputs = graph_outputs(model)
     if outputs is None or len(outputs) != 1:
         # No graph to follow (a subclassed model): its last layer decides.
         layers = getattr(model, "layers", None)
@@ -495,7 +496,7 @@ def _from_softmax(model, index):
 def _has_graph(operation):
     return (
         isinstance(operation, keras.Model)
-        and compat.graph_outputs(operation) is not None
+        and graph_outputs(operation) is not None
     )
 
 
@@ -507,7 +508,7 @@ def _made_by_softmax(operation, index):
         return True
     if not isinstance(operation, keras.Model):
         return False
-    if compat.graph_outputs(operation) is None:
+    if graph_outputs(operation) is None:
         return _ends_in_softmax(operation)
     return _from_softmax(operation, index)
 
