@@ -7,7 +7,11 @@ ordinary `compile` / `fit` / `save` workflow.
 __version__ = "0.1.0"
 
 from keras_incremental import metrics
+from keras_incremental import multiplier_optimizer  # noqa: F401 (old path)
+from keras_incremental import patterns  # noqa: F401 (old path)
+from keras_incremental import serving  # noqa: F401 (old path)
 from keras_incremental import strategies
+from keras_incremental import transfer  # noqa: F401 (old path)
 from keras_incremental.callbacks import IncrementalModel
 from keras_incremental.layers import ExpandableDense
 from keras_incremental.models.growth import expand

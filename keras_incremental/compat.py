@@ -39,6 +39,15 @@ def unlocked_tracker(obj):
             tracker.lock()
 
 
+def tracked_as_trainable(layer, variable):
+    """Whether `layer` tracks `variable` among its trainable variables.
+
+    That is the variable's kind, fixed when it was added; its `trainable`
+    flag is only the layer's current state (`False` while it is frozen).
+    """
+    return any(v is variable for v in layer._trainable_variables)
+
+
 def untrack_variable(obj, variable):
     """Removes `variable` from `obj`'s variable tracker."""
     with unlocked_tracker(obj):
@@ -46,7 +55,8 @@ def untrack_variable(obj, variable):
 
 
 def detach_tracked(obj, name):
-    """Removes what `attach_tracked` set, from the tracker too (a plain
+    """Removes the tracked attribute `name` of `obj` (set with
+    `setattr` under `unlocked_tracker`), from the tracker too (a plain
     `delattr` leaves it in the layer's lists)."""
     value = obj.__dict__.get(name)
     if value is None:

@@ -45,6 +45,24 @@ def assert_has(obj, internal, attributes):
 # Layers' tracker: `_tracker`
 
 
+def test_layers_trainable_variables_list():
+    layer = built_dense()
+    assert compat.tracked_as_trainable(layer, layer.kernel), changed(
+        "`Layer._trainable_variables`", "does not hold the kernel"
+    )
+    layer.trainable = False
+    # A frozen layer's kernel keeps its kind; only its flag changes.
+    assert not layer.kernel.trainable
+    assert compat.tracked_as_trainable(layer, layer.kernel), changed(
+        "`Layer._trainable_variables`", "loses a frozen layer's kernel"
+    )
+    with compat.unlocked_tracker(layer):
+        extra = layer.add_weight(shape=(), name="extra", trainable=False)
+    assert not compat.tracked_as_trainable(layer, extra), changed(
+        "`Layer._trainable_variables`", "holds a non-trainable weight"
+    )
+
+
 def test_layers_tracker():
     layer = built_dense()
     tracker = getattr(layer, "_tracker", None)

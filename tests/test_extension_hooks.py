@@ -12,6 +12,7 @@ from helpers import TENSORFLOW
 
 import keras_incremental as ki
 from keras_incremental import compat
+from keras_incremental.models.heads import find_head
 from keras_incremental.strategies.features import feature_extractor
 
 FEATURES = 6
@@ -94,7 +95,7 @@ class ClassMeans(ki.strategies.Strategy):
         self.counts = np.asarray(state.get("counts", np.zeros((0,))))
 
     def check_state(self, model):
-        units = ki.models.growth.find_head(model).units
+        units = find_head(model).units
         if self.sums.shape != (units, FEATURES) or self.counts.shape != (
             units,
         ):
@@ -325,3 +326,55 @@ def test_serving_scores_are_checked(tmp_path):
             model, tmp_path / "s", scores={"a b": NegativeMaxLogit()}
         )
     assert not (tmp_path / "s").exists()
+
+
+def test_a_restored_run_trains_the_head_again_under_another_strategy(
+    tmp_path,
+):
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "stages.keras"
+    model = _model()
+    inc = ki.IncrementalModel(
+        model=model, strategy=ClassMeans(), checkpoint=str(path), capacity=None
+    )
+    _fit(model, inc, [0, 1])
+    assert inc.state()["head_frozen_by_strategy"] is True
+    restored_model, restored = ki.IncrementalModel.restore(
+        str(path), strategy="finetune", capacity=None
+    )
+    head = restored_model.get_layer("head")
+    assert not head.trainable  # as saved, until the next stage starts
+    before = keras.ops.convert_to_numpy(head.kernel)[:, :2].copy()
+    _fit(restored_model, restored, [2], seed=1)
+    assert head.trainable
+    after = keras.ops.convert_to_numpy(head.kernel)[:, :2]
+    assert not np.array_equal(before, after)  # a gradient step moved it
+    assert restored.state()["head_frozen_by_strategy"] is False
+
+
+def test_a_head_the_user_froze_stays_frozen_after_restore(tmp_path):
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "stages.keras"
+    model = _model()
+    inc = ki.IncrementalModel(
+        model=model,
+        strategy="finetune",
+        checkpoint=str(path),
+        freeze=lambda layer: layer.name == "head",
+        capacity=None,
+    )
+    _fit(model, inc, [0, 1])
+    with pytest.warns(UserWarning, match="callable"):
+        restored_model, restored = ki.IncrementalModel.restore(
+            str(path), capacity=None
+        )
+    head = restored_model.get_layer("head")
+    assert not head.trainable
+    before = keras.ops.convert_to_numpy(head.kernel)[:, :2].copy()
+    _fit(restored_model, restored, [2], seed=1)
+    # Not frozen by a strategy: the restored run leaves it as the user set
+    # it until a `freeze` says otherwise.
+    assert not head.trainable
+    after = keras.ops.convert_to_numpy(head.kernel)[:, :2]
+    np.testing.assert_array_equal(before, after)
+    assert restored.state()["head_frozen_by_strategy"] is False

@@ -237,6 +237,28 @@ def test_freeze_unknown_to_the_optimizer_then_unfrozen(digits):
     assert int(model.optimizer.iterations.numpy()) > iterations
 
 
+def test_a_head_frozen_while_it_grew_trains_when_unfrozen(digits):
+    """On JAX and PyTorch growth replaces the head's variables: those made
+    while it was frozen must train once it is unfrozen."""
+    x, y, _, _ = digits
+    model = make_model()
+    inc = ki.IncrementalModel(model=model, freeze=["head"])
+    model.fit(
+        *inc.prepare(*stage(x, y, [0, 1])), epochs=1, verbose=0, callbacks=[inc]
+    )
+    inc.freeze = None
+    xs, ys = inc.prepare(*stage(x, y, [2]))
+    inc.on_train_begin()  # grows the head so that the weights can be read
+    head = model.get_layer("head")
+    assert head.trainable
+    trainable = {id(v) for v in model.trainable_variables}
+    assert {id(head.kernel), id(head.bias)} <= trainable
+    start = keras.ops.convert_to_numpy(head.kernel)[:, :3].copy()
+    model.fit(xs, ys, epochs=1, verbose=0, callbacks=[inc])
+    kernel = keras.ops.convert_to_numpy(model.get_layer("head").kernel)
+    assert not np.allclose(kernel[:, :3], start)
+
+
 def _body_change(digits, multiplier):
     x, y, _, _ = digits
     keras.utils.set_random_seed(1)

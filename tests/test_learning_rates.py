@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import keras_incremental as ki
-from keras_incremental.models.growth import iter_layers
+from keras_incremental.models.heads import iter_layers
 from keras_incremental.optimizers.gradients import gradient_function
 from keras_incremental.optimizers.learning_rates import group_pattern
 from keras_incremental.optimizers.learning_rates import multiplier_optimizer
@@ -387,3 +387,37 @@ def test_incremental_model_keeps_nested_groups_across_stages():
     model.fit(*inc.prepare(x, labels), verbose=0, callbacks=[inc])
     assert model.optimizer is optimizer
     assert rates(optimizer) == pytest.approx([LR * 0.25, LR])
+
+
+def test_a_model_compiled_with_the_groups_restores_from_its_checkpoint(
+    tmp_path,
+):
+    # The groups asked for are those the optimizer has: the first stage
+    # updates them in place, and the checkpoint still saves the base rate
+    # beside them (without it, `restore` refused the file).
+    keras.utils.set_random_seed(0)
+    model = ki.ExpandableDense(0, name="head")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(6, activation="tanh", name="body"),
+            model,
+        ]
+    )
+    model.compile(
+        optimizer=MultiplierOptimizer(keras.optimizers.SGD(LR), {BODY: 0.5}),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    path = tmp_path / "stages.keras"
+    inc = ki.IncrementalModel(
+        model=model,
+        learning_rates={"body": 0.5},
+        checkpoint=str(path),
+        capacity=None,
+    )
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+    model.fit(*inc.prepare(x, [0, 1] * 8), epochs=1, verbose=0, callbacks=[inc])
+    assert inc.state()["base_rate"] == pytest.approx(LR)
+    restored_model, restored = ki.IncrementalModel.restore(str(path))
+    assert restored.learning_rates == {"body": 0.5}
+    assert restored.state()["groups"] == inc.state()["groups"]

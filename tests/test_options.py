@@ -120,3 +120,20 @@ def test_the_run_state_reads_back_what_it_writes(tmp_path):
             {"format": 2, **state.replace(history=state.history[:1]).to_json()},
             "x.keras",
         )
+
+
+def test_the_old_module_paths_are_attributes_of_the_package():
+    # `ki.serving.exported_versions(...)`, as the serving guide writes it.
+    from keras_incremental.models import transfer
+    from keras_incremental.optimizers import multiplier_optimizer
+    from keras_incremental.saving import serving
+    from keras_incremental.utils import patterns
+
+    assert ki.serving.exported_versions is serving.exported_versions
+    assert ki.serving.export_for_serving is serving.export_for_serving
+    assert ki.transfer.TransferReport is transfer.TransferReport
+    assert ki.patterns.compile_pattern is patterns.compile_pattern
+    assert (
+        ki.multiplier_optimizer.MultiplierOptimizer
+        is multiplier_optimizer.MultiplierOptimizer
+    )

@@ -49,6 +49,7 @@ from keras_incremental.saving.destinations import check_destination
 from keras_incremental.saving.run_state import RunState
 from keras_incremental.strategies import StageContext
 from keras_incremental.strategies.features import outputs
+from keras_incremental.utils.checks import check_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -710,6 +711,7 @@ class IncrementalModel(keras.callbacks.Callback):
             freeze_callable=callable(self.freeze),
             groups=self._training.groups,
             base_rate=self._training.base_rate,
+            head_frozen_by_strategy=self._training.head_frozen,
         )
 
     def _write_checkpoint(self, path, finished=None):
@@ -837,6 +839,7 @@ class IncrementalModel(keras.callbacks.Callback):
                 "No export folder: expected `export_dir` or a run made with "
                 "`export_dir=...`. Received: export_dir=None"
             )
+        export_dir = check_path(export_dir, "export_dir", folder=True)
         model = self._known_model()
         if model is None or self.stage_ == 0:
             raise ValueError(
@@ -1111,8 +1114,16 @@ class IncrementalModel(keras.callbacks.Callback):
         return saved.model, inc
 
     def _resume(self, saved):
-        """Takes a checkpoint's classes, records, memory and learning-rate
-        groups (the strategy took its arrays in `read_saved_run`)."""
+        """Takes a checkpoint's strategy arrays, classes, records, memory,
+        learning-rate groups and frozen layers."""
+        if saved.same_parts:
+            self.strategy.set_state(saved.arrays)
+            try:
+                self.strategy.check_state(self.model)
+            except ValueError as error:
+                raise ValueError(
+                    f"Checkpoint '{saved.path}' is not valid: {error}"
+                ) from error
         state = saved.state
         self.encoder = LabelEncoder(list(state.classes) or None)
         self._records = state.replace(run=state.run or self._records.run)
@@ -1122,10 +1133,11 @@ class IncrementalModel(keras.callbacks.Callback):
             self._training = LayerTraining(state.groups, state.base_rate)
         head = self._head()
         frozen = layers_to_freeze(self.model, head, self.freeze)
-        if not head.trainable and head not in frozen:
+        if state.head_frozen_by_strategy and head not in frozen:
             # Frozen by a strategy that sets the head's weights itself:
             # trained again if the next stage's strategy does not.
             frozen.append(head)
+            self._training.head_frozen = True
         self._training.frozen = frozen
 
 

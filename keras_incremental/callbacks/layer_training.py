@@ -5,7 +5,6 @@ import keras
 from keras_incremental import compat
 from keras_incremental.models.freezing import layers_to_freeze
 from keras_incremental.optimizers.learning_rates import base_learning_rate
-from keras_incremental.optimizers.learning_rates import leaf_optimizers
 from keras_incremental.optimizers.learning_rates import multiplier_optimizer
 from keras_incremental.optimizers.learning_rates import plan_groups
 from keras_incremental.optimizers.learning_rates import rebuild_optimizer
@@ -13,6 +12,7 @@ from keras_incremental.optimizers.learning_rates import update_multipliers
 from keras_incremental.optimizers.multiplier_optimizer import (
     MultiplierOptimizer,
 )
+from keras_incremental.optimizers.slots import leaf_optimizers
 
 
 class LayerTraining:
@@ -36,6 +36,8 @@ class LayerTraining:
 
     def __init__(self, groups=None, base_rate=None):
         self.frozen = []
+        # Whether `frozen` holds the head for a strategy that sets it.
+        self.head_frozen = False
         self.groups = groups
         self.base_rate = base_rate
 
@@ -55,7 +57,8 @@ class LayerTraining:
 
     def apply_freezing(self, model, head, freeze, train_head=True):
         frozen = layers_to_freeze(model, head, freeze)
-        if not train_head and head not in frozen:
+        self.head_frozen = not train_head and head not in frozen
+        if self.head_frozen:
             frozen = [*frozen, head]
         for layer in self.frozen:
             if layer not in frozen:
@@ -101,9 +104,15 @@ class LayerTraining:
                 # Saved before `MultiplierOptimizer`: no base rate of its own.
                 base = self.base_rate
             else:
+                base = None
+            if base is None:
                 base = base_learning_rate(optimizer)
             self.base_rate = base
             rebuild_optimizer(
                 model, multiplier_optimizer(optimizer, base, groups)
             )
+        elif self.base_rate is None:
+            # A model compiled with a `MultiplierOptimizer`: the checkpoint
+            # saves its base rate beside the groups.
+            self.base_rate = base_learning_rate(optimizer)
         self.groups = groups

@@ -130,8 +130,9 @@ class RunOptions:
     Example:
 
     ```python
-    options = RunOptions(**{**DEFAULTS, "memory_size": 200})
-    options.freeze = "backbone"  # checked here
+    inc = keras_incremental.IncrementalModel(memory_size=200)
+    inc.freeze = "backbone"  # checked here, by `inc.options`
+    inc.memory_size = 100  # ValueError: fixed during a run
     ```
     """
 

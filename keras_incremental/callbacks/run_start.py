@@ -23,8 +23,9 @@ class SavedRun:
             with, as an object).
         state: Its `RunState`.
         memory: Its `ExemplarMemory`, or `None`.
-        arrays: The strategy's saved arrays, for a strategy of the same
-            parts (empty otherwise).
+        arrays: The strategy's saved arrays.
+        same_parts: Whether the strategy to go on with has the saved one's
+            parts (then it takes `arrays`).
     """
 
     model: keras.Model
@@ -33,6 +34,7 @@ class SavedRun:
     state: RunState
     memory: ExemplarMemory
     arrays: dict
+    same_parts: bool
 
 
 def read_saved_run(path, strategy=None, freeze=None, evaluation=None):
@@ -77,15 +79,7 @@ def read_saved_run(path, strategy=None, freeze=None, evaluation=None):
             "keep measuring accuracy (`metrics()` is empty otherwise).",
             stacklevel=3,
         )
-    if same_parts:
-        strategy.set_state(arrays)
-        try:
-            strategy.check_state(model)
-        except ValueError as error:
-            raise ValueError(
-                f"Checkpoint '{path}' is not valid: {error}"
-            ) from error
-    return SavedRun(model, path, settings, state, memory, arrays)
+    return SavedRun(model, path, settings, state, memory, arrays, same_parts)
 
 
 def _restored_strategy(path, saved, strategy, has_arrays):

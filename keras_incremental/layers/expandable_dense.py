@@ -615,7 +615,10 @@ class ExpandableDense(keras.layers.Dense):
 
     def _replace_weight(self, old, value, regularizer, constraint):
         name = old.name
-        trainable = old.trainable
+        # Its kind, not its flag: a weight replaced while the layer is
+        # frozen must train again when the layer is unfrozen (Keras clears
+        # the flag of a frozen layer's new weights).
+        trainable = compat.tracked_as_trainable(self, old)
         compat.untrack_variable(self, old)
         return self.add_weight(
             name=name,

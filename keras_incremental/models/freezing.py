@@ -1,7 +1,7 @@
 """Which layers a stage trains: freezing by name, pattern or callable."""
 
-from keras_incremental.models.growth import iter_layers
 from keras_incremental.models.growth import layers_matching
+from keras_incremental.models.heads import iter_layers
 from keras_incremental.utils.patterns import compile_pattern
 
 BACKBONE = "backbone"

@@ -14,8 +14,8 @@ import keras
 from keras import ops
 
 from keras_incremental import compat
-from keras_incremental.models.growth import iter_layers
 from keras_incremental.models.growth import layers_matching
+from keras_incremental.models.heads import iter_layers
 from keras_incremental.optimizers.multiplier_optimizer import (
     MultiplierOptimizer,
 )
@@ -161,7 +161,7 @@ def base_learning_rate(optimizer):
         raise ValueError(
             "A `keras.optimizers.MultiOptimizer` has no single learning rate "
             "to scale; expected a plain optimizer or a "
-            "`keras_incremental.MultiplierOptimizer`. Received: "
+            "`keras_incremental.optimizers.MultiplierOptimizer`. Received: "
             f"{optimizer!r}"
         )
     rate = compat.stored_learning_rate(optimizer)

@@ -50,7 +50,7 @@ class MultiplierOptimizer(keras.optimizers.MultiOptimizer):
     Example:
 
     ```python
-    optimizer = keras_incremental.MultiplierOptimizer(
+    optimizer = keras_incremental.optimizers.MultiplierOptimizer(
         keras.optimizers.Adam(1e-3),
         {"(?:.*/)?backbone_[0-9]+/.+": 0.1},
     )

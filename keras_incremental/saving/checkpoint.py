@@ -2,11 +2,12 @@
 
 A checkpoint is an ordinary `.keras` file (`keras.models.load_model` opens it)
 with more entries in its zip: `keras_incremental/state.json` (class names,
-stage number, settings; see `checkpoint_state`), `keras_incremental/memory.h5`
-(the exemplar memory) and `keras_incremental/strategy.h5` (what the strategy
-learned), through h5py. It is written to a temporary file in the same folder
-and moved into place with `os.replace`, so a crash at any moment leaves the
-previous checkpoint whole.
+stage number, settings: a `RunState`, see `run_state`),
+`keras_incremental/memory.h5` (the exemplar memory) and
+`keras_incremental/strategy.h5` (what the strategy learned), through h5py.
+It is written to a temporary file in the same folder and moved into place
+with `os.replace`, so a crash at any moment leaves the previous checkpoint
+whole.
 
 A checkpoint may come from someone else: `read_checkpoint` reads it as
 untrusted data (`safe_read`): sizes are bounded before anything is read, the

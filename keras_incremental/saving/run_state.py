@@ -47,7 +47,7 @@ class RunState:
         settings: The run's options that a file holds, JSON-able (see
             `RunOptions.settings`): `strategy` (serialized), `memory_size`,
             `head`, `freeze`, `learning_rates`, `seed`.
-        history: One record per finished stage (see `StageRecords`).
+        history: One record per finished stage (see `evaluation.stage_record`).
         stage_classes: The class indices each finished stage brought.
         groups: The per-layer learning-rate groups in use
             (multiplier -> layer paths), or `None`.
@@ -57,6 +57,9 @@ class RunState:
             hold it).
         freeze_callable: Whether the run froze layers with a callable (a
             file does not hold it).
+        head_frozen_by_strategy: Whether the head is frozen because the
+            strategy sets its weights itself (`Strategy.trains_head`), so
+            that a run restored with one that trains it unfreezes it.
     """
 
     stage: int = 0
@@ -70,6 +73,7 @@ class RunState:
     exported: int = 0
     evaluation: bool = False
     freeze_callable: bool = False
+    head_frozen_by_strategy: bool = False
 
     def replace(self, **changes):
         """A copy with `changes` applied."""
@@ -85,6 +89,7 @@ class RunState:
                 "settings": self.settings,
                 "evaluation": self.evaluation,
                 "freeze_callable": self.freeze_callable,
+                "head_frozen_by_strategy": self.head_frozen_by_strategy,
                 "exported": self.exported,
                 "history": list(self.history),
                 "stage_classes": [list(g) for g in self.stage_classes],
@@ -125,6 +130,7 @@ class RunState:
             exported=checked["exported"] or 0,
             evaluation=checked["evaluation"],
             freeze_callable=checked["freeze_callable"],
+            head_frozen_by_strategy=checked["head_frozen_by_strategy"],
         )
 
 
@@ -230,6 +236,7 @@ def check_state(state, path):
         "exported": exported,
         "evaluation": check.flag(state, "evaluation"),
         "freeze_callable": check.flag(state, "freeze_callable"),
+        "head_frozen_by_strategy": check.flag(state, "head_frozen_by_strategy"),
     }
 
 

@@ -118,6 +118,14 @@ def export_for_serving(
             values that are strings, numbers (not NaN or infinite), booleans,
             `None`, lists and dicts of these; at most 1 MiB as JSON.
             Defaults to `None` (no metadata file).
+        scores: Optional dict mapping output names (identifiers, none of
+            `probabilities`, `class_ids`, `classes`) to Keras layers that
+            map the model's output (logits or probabilities, as the model
+            gives them) to one score per sample; each is answered as a
+            float32 `(batch,)` output of the signature. Off TensorFlow each
+            layer is rebuilt from its config in the export's TensorFlow
+            subprocess: a Keras layer or a registered serializable one.
+            Defaults to `None` (none).
 
     Returns:
         The path of the version folder written, as a string.
