@@ -36,14 +36,11 @@ from keras_incremental.data.preparation import prepare_stage
 from keras_incremental.data.targets import label_format
 from keras_incremental.memory import ExemplarMemory
 from keras_incremental.models.adoption import adopt_model
-from keras_incremental.models.freezing import check_freeze_spec
 from keras_incremental.models.freezing import layers_to_freeze
 from keras_incremental.models.growth import expand
 from keras_incremental.models.growth import resize_lazy_metrics
 from keras_incremental.models.heads import find_head
 from keras_incremental.models.limits import check_growable_head
-from keras_incremental.optimizers.learning_rates import check_learning_rates
-from keras_incremental.optimizers.learning_rates import plan_groups
 from keras_incremental.saving import checkpoint as checkpoints
 from keras_incremental.saving.destinations import check_destination
 from keras_incremental.saving.run_state import RunState
@@ -280,7 +277,7 @@ class IncrementalModel(keras.callbacks.Callback):
         self._check_saved()
         model = self._known_model()
         if model is not None:
-            self._check_options(model)
+            self.options.check_against(model)
         encoder = self._encoder_before_prepare()
         fit_data, prepared, packed = prepare_stage(
             x,
@@ -425,20 +422,6 @@ class IncrementalModel(keras.callbacks.Callback):
         """Maps class indices (e.g. `predict(x).argmax(-1)`) to class names."""
         return self.encoder.inverse_transform(np.asarray(indices))
 
-    def _check_options(self, model):
-        """The checks of the options against the model (their own values
-        were checked when set)."""
-        # A dict or list changed in place was not checked when set.
-        check_freeze_spec(self.freeze)
-        check_learning_rates(self.learning_rates)
-        check_growable_head(model, self.head)
-        head = self._head(model)
-        layers_to_freeze(model, head, self.freeze)
-        if self.learning_rates:
-            plan_groups(model, self.learning_rates)
-        if self.capacity not in (None, "auto"):
-            capacities.check_capacity_fits(model, head, self.capacity)
-
     def _check_saved(self):
         """Refuses a new stage while the last one's checkpoint is unwritten."""
         if self._unsaved is not None:
@@ -449,15 +432,6 @@ class IncrementalModel(keras.callbacks.Callback):
                 "or `inc.save_checkpoint(path)` before the next stage. Its "
                 "training is kept. Nothing was changed."
             )
-
-    def _check_destinations(self):
-        """Checks the run's outputs can be written, before any training."""
-        if self.checkpoint is not None:
-            check_destination(self.checkpoint, "checkpoint")
-        if self.report is not None:
-            check_destination(self.report, "report")
-        if self.export_dir is not None:
-            check_destination(self.export_dir, "export_dir", folder=True)
 
     def on_train_begin(self, logs=None):
         model = self.model
@@ -488,7 +462,7 @@ class IncrementalModel(keras.callbacks.Callback):
 
     def _check_stage_can_start(self, model):
         self._check_saved()
-        self._check_options(model)
+        self.options.check_against(model)
         if self._prepared is None:
             raise ValueError(
                 "`fit` was called with this `IncrementalModel` but without "
@@ -498,7 +472,7 @@ class IncrementalModel(keras.callbacks.Callback):
                 "a `fit` whose data `prepare` did not make. Nothing was "
                 "changed."
             )
-        self._check_destinations()
+        self.options.check_destinations()
 
     def _export_missed_stage(self, model):
         """The last stage's export failed or was killed: its model is still

@@ -10,10 +10,16 @@ head) is refused with a message saying why.
 import numpy as np
 
 from keras_incremental import strategies
+from keras_incremental.callbacks.capacity import check_capacity_fits
 from keras_incremental.data import stage_data
 from keras_incremental.models.freezing import check_freeze_spec
+from keras_incremental.models.freezing import layers_to_freeze
+from keras_incremental.models.heads import find_head
+from keras_incremental.models.limits import check_growable_head
 from keras_incremental.optimizers.learning_rates import check_learning_rates
+from keras_incremental.optimizers.learning_rates import plan_groups
 from keras_incremental.saving import checkpoint as checkpoints
+from keras_incremental.saving.destinations import check_destination
 from keras_incremental.utils.checks import check_integer
 from keras_incremental.utils.checks import check_path
 from keras_incremental.utils.checks import check_unit_count
@@ -162,6 +168,38 @@ class RunOptions:
                 )
             return
         self._set(name, value)
+
+    def check_against(self, model):
+        """Checks the options against `model` (their own values were
+        checked when set): the head, the layers `freeze` and
+        `learning_rates` name, and a spare capacity's layout.
+
+        Raises:
+            ValueError, TypeError: for an option that does not fit `model`.
+        """
+        # A dict or list changed in place was not checked when set.
+        check_freeze_spec(self.freeze)
+        check_learning_rates(self.learning_rates)
+        check_growable_head(model, self.head)
+        head = find_head(model, self.head)
+        layers_to_freeze(model, head, self.freeze)
+        if self.learning_rates:
+            plan_groups(model, self.learning_rates)
+        if self.capacity not in (None, "auto"):
+            check_capacity_fits(model, head, self.capacity)
+
+    def check_destinations(self):
+        """Checks that the run's outputs can be written, before training.
+
+        Raises:
+            ValueError: for a destination that cannot be written.
+        """
+        if self.checkpoint is not None:
+            check_destination(self.checkpoint, "checkpoint")
+        if self.report is not None:
+            check_destination(self.report, "report")
+        if self.export_dir is not None:
+            check_destination(self.export_dir, "export_dir", folder=True)
 
     def settings(self):
         """The options a checkpoint holds, JSON-able (`RunState.settings`):
