@@ -74,7 +74,10 @@ class IncrementalModel(keras.callbacks.Callback):
     and writes the checkpoint.
 
     One instance serves every stage; its options are attributes that may be
-    changed between stages (freeze more, unfreeze, change multipliers).
+    changed between stages (freeze more, unfreeze, change multipliers or the
+    strategy), each checked when set as the constructor checks it, except
+    `memory_size`, `seed` and `head`, which the run is made with and which
+    cannot change.
 
     Args:
         model: Optional Keras model with an `ExpandableDense` head. Without
