@@ -657,7 +657,9 @@ class IncrementalModel(keras.callbacks.Callback):
         records = self._records
         state = records.replace(
             stage=records.stage + 1,
-            classes=tuple(self.encoder.classes_[: _count(stage_classes)]),
+            classes=tuple(
+                self.encoder.classes_[: sum(len(g) for g in stage_classes)]
+            ),
             history=(*records.history, entry),
             stage_classes=tuple(stage_classes),
         )
@@ -1005,21 +1007,25 @@ class IncrementalModel(keras.callbacks.Callback):
             classes if isinstance(classes, np.ndarray) else list(classes)
         )
         inc = cls(model=model, head=head_name, **options)
-        inc.encoder = encoder
+        inc._start_adopted(encoder)
+        return model, inc
+
+    def _start_adopted(self, encoder):
+        """Takes the adopted classes as the run's first, finished stage."""
+        self.encoder = encoder
         stage_classes = [list(range(len(encoder)))]
-        entry = inc._stage_record(stage_classes)
+        entry = self._stage_record(stage_classes)
         # Its units were trained elsewhere: the strategy's `adopt` hook runs
         # before the next stage (see `_adopted`). The source is the user's
         # own model: not a stage to export.
         entry["adopted"] = True
-        inc._records = inc._records.replace(
+        self._records = self._records.replace(
             stage=1,
             classes=tuple(encoder.classes_),
             history=(entry,),
             stage_classes=tuple(stage_classes),
             exported=1,
         )
-        return model, inc
 
     @classmethod
     def restore(
@@ -1127,7 +1133,3 @@ def target_spec(model, head, encoder):
     if model is not None:
         width = max(width, find_head(model, head).units)
     return stage_data.TargetSpec(fmt, width)
-
-
-def _count(groups):
-    return sum(len(g) for g in groups)
