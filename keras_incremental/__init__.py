@@ -6,6 +6,7 @@ ordinary `compile` / `fit` / `save` workflow.
 
 __version__ = "0.1.0"
 
+from keras_incremental import layers
 from keras_incremental import metrics
 from keras_incremental import multiplier_optimizer  # noqa: F401 (old path)
 from keras_incremental import patterns  # noqa: F401 (old path)
@@ -22,6 +23,7 @@ __all__ = [
     "ExpandableDense",
     "IncrementalModel",
     "expand",
+    "layers",
     "export_for_serving",
     "metrics",
     "strategies",

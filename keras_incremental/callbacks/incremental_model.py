@@ -415,11 +415,54 @@ class IncrementalModel(keras.callbacks.Callback):
         # Only classes of finished stages: a second `prepare` may take a
         # pending one's index back and give it to another class.
         committed = LabelEncoder(list(self._records.classes) or None)
-        x, indices = stage_data.check_remember(x, y, committed, self.memory)
-        embed, predict = self._memory_functions()
-        self.memory.selection = self._selection()
-        self.memory.update(x, indices, embed=embed, predict=predict)
+        remembers = self.strategy.remembers
+        x, indices = stage_data.check_remember(
+            x, y, committed, self.memory, needs_memory=not remembers
+        )
+        if remembers:
+            self._strategy_remembers(x, indices)
+        if self.memory_size:
+            embed, predict = self._memory_functions()
+            self.memory.selection = self._selection()
+            self.memory.update(x, indices, embed=embed, predict=predict)
         return len(self.memory)
+
+    def _strategy_remembers(self, x, indices):
+        """Gives `remember`'s samples to a strategy that learns from them
+        (`Strategy.remembers`), with the model of the last finished stage."""
+        model = self._known_model()
+        if model is None:
+            raise ValueError(
+                f"The strategy {self.strategy.name!r} learns from the "
+                "samples `remember` takes with the model's features, and "
+                "there is no model yet; expected `model=` in "
+                "`IncrementalModel` (or `adopt`)."
+            )
+        head = self._head(model)
+        expected = tuple(model.inputs[0].shape[1:]) if model.inputs else None
+        received = tuple(x.shape[1:])
+        if expected is not None and (
+            len(expected) != len(received)
+            or any(
+                e not in (None, r)
+                for e, r in zip(expected, received, strict=True)
+            )
+        ):
+            raise ValueError(
+                f"`remember` got samples of shape {received}; expected "
+                f"the model's input shape {expected}. Nothing was changed."
+            )
+        self.strategy.remember(
+            StageContext(
+                model=model,
+                head=head,
+                stage=self.stage_,
+                old_units=head.units,
+                memory=self.memory,
+            ),
+            x,
+            indices,
+        )
 
     def decode(self, indices):
         """Maps class indices (e.g. `predict(x).argmax(-1)`) to class names."""
@@ -458,6 +501,7 @@ class IncrementalModel(keras.callbacks.Callback):
             self.freeze,
             self.learning_rates,
             train_head=self.strategy.trains_head,
+            train_body=self.strategy.trains_body,
         )
         self._context = self._stage_context(model, head, old_units, teacher)
         self.strategy.begin_stage(self._context)
@@ -525,6 +569,10 @@ class IncrementalModel(keras.callbacks.Callback):
                 # The strategy sets the head's weights itself: no slots.
                 own = {id(v) for v in head.weights}
                 variables = [v for v in variables if id(v) not in own]
+            if not self.strategy.trains_body:
+                # Nor for the body it keeps fixed.
+                own = {id(v) for v in head.weights}
+                variables = [v for v in variables if id(v) in own]
             with compat.variable_scope_of(head.kernel):
                 optimizer.build(variables)
 
@@ -551,6 +599,9 @@ class IncrementalModel(keras.callbacks.Callback):
             data=samples if isinstance(samples, tuple) else None,
             replayed=prepared.replayed,
             labels=prepared.labels,
+            read_data=functools.partial(
+                stage_data.stage_arrays, samples, self.encoder
+            ),
         )
 
     def _install_stage_step(self, model, head, teacher):
@@ -691,6 +742,7 @@ class IncrementalModel(keras.callbacks.Callback):
             groups=self._training.groups,
             base_rate=self._training.base_rate,
             head_frozen_by_strategy=self._training.head_frozen,
+            body_frozen_by_strategy=self._training.body_frozen,
         )
 
     def _write_checkpoint(self, path, finished=None):
@@ -1100,8 +1152,8 @@ class IncrementalModel(keras.callbacks.Callback):
         """Takes a checkpoint's strategy arrays, classes, records, memory,
         learning-rate groups and frozen layers."""
         if saved.same_parts:
-            self.strategy.set_state(saved.arrays)
             try:
+                self.strategy.set_state(saved.arrays)
                 self.strategy.check_state(self.model)
             except ValueError as error:
                 raise ValueError(
@@ -1121,6 +1173,15 @@ class IncrementalModel(keras.callbacks.Callback):
             # trained again if the next stage's strategy does not.
             frozen.append(head)
             self._training.head_frozen = True
+        if state.body_frozen_by_strategy:
+            # Likewise the body, for a strategy that keeps it fixed.
+            body = [
+                layer
+                for layer in layers_to_freeze(self.model, head, "backbone")
+                if layer not in frozen
+            ]
+            frozen.extend(body)
+            self._training.body_frozen = bool(body)
         self._training.frozen = frozen
 
 

@@ -38,10 +38,21 @@ class LayerTraining:
         self.frozen = []
         # Whether `frozen` holds the head for a strategy that sets it.
         self.head_frozen = False
+        # The layers below the head that `frozen` holds for a strategy that
+        # keeps the body fixed (`Strategy.trains_body`), not for `freeze`.
+        self.body_frozen = False
         self.groups = groups
         self.base_rate = base_rate
 
-    def apply(self, model, head, freeze, learning_rates, train_head=True):
+    def apply(
+        self,
+        model,
+        head,
+        freeze,
+        learning_rates,
+        train_head=True,
+        train_body=True,
+    ):
         """Freezes and slows the layers for the stage about to train.
 
         Args:
@@ -51,12 +62,26 @@ class LayerTraining:
             learning_rates: The `learning_rates` option.
             train_head: `False` to freeze the head too, for a strategy that
                 sets its weights itself (`Strategy.trains_head`).
+            train_body: `False` to freeze every layer below the head, for
+                a strategy that keeps the features fixed
+                (`Strategy.trains_body`).
         """
-        self.apply_freezing(model, head, freeze, train_head)
+        self.apply_freezing(model, head, freeze, train_head, train_body)
         self.apply_learning_rates(model, learning_rates)
 
-    def apply_freezing(self, model, head, freeze, train_head=True):
+    def apply_freezing(
+        self, model, head, freeze, train_head=True, train_body=True
+    ):
         frozen = layers_to_freeze(model, head, freeze)
+        self.body_frozen = False
+        if not train_body:
+            body = [
+                layer
+                for layer in layers_to_freeze(model, head, "backbone")
+                if layer not in frozen
+            ]
+            self.body_frozen = bool(body)
+            frozen = [*frozen, *body]
         self.head_frozen = not train_head and head not in frozen
         if self.head_frozen:
             frozen = [*frozen, head]

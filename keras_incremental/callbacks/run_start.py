@@ -55,7 +55,7 @@ def read_saved_run(path, strategy=None, freeze=None, evaluation=None):
             that is not a valid checkpoint. Nothing is changed.
     """
     model, state, memory, arrays = checkpoints.read_checkpoint(
-        path, ExemplarMemory
+        path, ExemplarMemory, array_shapes=_saved_array_shapes
     )
     path = checkpoints.check_checkpoint_path(path)
     settings = dict(state.settings)
@@ -80,6 +80,17 @@ def read_saved_run(path, strategy=None, freeze=None, evaluation=None):
             stacklevel=3,
         )
     return SavedRun(model, path, settings, state, memory, arrays, same_parts)
+
+
+def _saved_array_shapes(model, state):
+    """The shapes the saved strategy declares for its arrays on `model`,
+    or `None` (the reader's default bound) when it declares none or cannot
+    be rebuilt (which `_restored_strategy` reports)."""
+    try:
+        saved = strategies.deserialize(state.settings["strategy"])
+        return saved.state_shapes(model)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _restored_strategy(path, saved, strategy, has_arrays):

@@ -328,6 +328,14 @@ def prepare_dataset(dataset, encoder, memory, replay, spec, seed):
     return prepared, stage
 
 
+def stage_arrays(samples, encoder):
+    """A stage's own samples (`PreparedStage.samples`) as `(x,
+    class_indices)` NumPy arrays: a dataset read once more."""
+    if is_dataset(samples):
+        return dataset_arrays(samples, encoder)
+    return samples
+
+
 def dataset_arrays(dataset, encoder):
     """All `(x, class_indices)` of a dataset of `(x, label)` elements."""
     xs, ys = [], []
@@ -407,22 +415,28 @@ def class_weight(weights, encoder):
     }
 
 
-def check_remember(x, y, encoder, memory):
+def check_remember(x, y, encoder, memory, needs_memory=True):
     """Samples for `remember`: arrays of known classes, shaped like the
     memory's exemplars; returns `(x, class_indices)`.
 
+    Args:
+        needs_memory: Whether a memory is required (not when the strategy
+            learns from the samples itself: `Strategy.remembers`).
+
     Raises:
-        ValueError: without a memory, for an unknown class, or for the bad
-            inputs `check_arrays` and `check_samples` refuse.
+        ValueError: without a memory (when one is needed), for an unknown
+            class, or for the bad inputs `check_arrays` and `check_samples`
+            refuse.
     """
-    if not memory.memory_size:
+    if needs_memory and not memory.memory_size:
         raise ValueError(
             "`remember` fills the exemplar memory, and this run keeps none; "
             "expected `memory_size` > 0. Received: memory_size=0. Pass "
             "`memory_size=...` to `IncrementalModel` (or `adopt`)."
         )
     x, labels = check_arrays(x, y)
-    check_samples(x.shape[1:], x.dtype, memory)
+    if memory.memory_size:
+        check_samples(x.shape[1:], x.dtype, memory)
     labels = text_labels(labels.tolist(), encoder)
     indices = lookup(labels, encoder)
     unknown = [label for label, i in zip(labels, indices, strict=True) if i < 0]

@@ -122,8 +122,15 @@ def _memory_bytes(memory):
     return buffer.getvalue()
 
 
-def read_checkpoint(path, memory_class):
+def read_checkpoint(path, memory_class, array_shapes=None):
     """Reads and checks a checkpoint written by `write_checkpoint`.
+
+    Args:
+        path: The checkpoint.
+        memory_class: The class whose `load` reads the memory.
+        array_shapes: Optional function `(model, state) -> dict or None`:
+            the shapes the saved strategy declares for its arrays
+            (`Strategy.state_shapes`). Defaults to `None`: none declared.
 
     Returns:
         `(model, state, memory, arrays)`: the model (loaded with
@@ -156,7 +163,10 @@ def read_checkpoint(path, memory_class):
             memory = _read_memory(archive, path, memory_class, model, state)
         arrays = {}
         if STRATEGY_ENTRY in names:
-            arrays = _read_arrays(archive, path, model)
+            shapes = None
+            if array_shapes is not None:
+                shapes = array_shapes(model, state)
+            arrays = _read_arrays(archive, path, model, shapes)
     if len(state.classes) != head.units:
         raise ValueError(
             f"Checkpoint '{path}' is not valid: its state names "
@@ -255,12 +265,22 @@ def _read_memory(archive, path, memory_class, model, state):
     return memory
 
 
-def _read_arrays(archive, path, model):
-    """The strategy's arrays, each no larger than the model's weights."""
-    largest = max((math.prod(w.shape) for w in model.weights), default=1)
-    total = sum(math.prod(w.shape) for w in model.weights)
+def _read_arrays(archive, path, model, shapes=None):
+    """The strategy's arrays: each of the shape the strategy declares for
+    `model` (`shapes`, a dict by name), or, without a declaration, each no
+    larger than the model's largest weight and all of them at most two per
+    weight. Every declared size is checked before any array is read."""
+    if shapes is None:
+        largest = max((math.prod(w.shape) for w in model.weights), default=1)
+        budget = 2 * sum(math.prod(w.shape) for w in model.weights)
+        expected = f"at most {budget} (two per weight of the model)"
+    else:
+        shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        largest = max((math.prod(s) for s in shapes.values()), default=0)
+        budget = sum(math.prod(s) for s in shapes.values())
+        expected = f"at most {budget} (the strategy's declared shapes)"
     data = safe_read.read_member(
-        archive, STRATEGY_ENTRY, path, 16 * total + _H5_OVERHEAD_BYTES
+        archive, STRATEGY_ENTRY, path, 8 * budget + _H5_OVERHEAD_BYTES
     )
     arrays = {}
     with safe_read.h5_file(data, path, STRATEGY_ENTRY) as file:
@@ -270,9 +290,8 @@ def _read_arrays(archive, path, model):
                 f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' holds "
                 f"{len(keys)} arrays; expected at most {MAX_ARRAYS}."
             )
-        # Every declared size is checked before any array is read: the
-        # strategy keeps at most two arrays per weight (EWC).
         declared = 0
+        names = []
         for key in keys:
             dataset = safe_read.h5_child(file, key, h5py.Dataset, path)
             if dataset is None:
@@ -281,14 +300,25 @@ def _read_arrays(archive, path, model):
                     f"holds '{key}', which is not a dataset; expected arrays."
                 )
             safe_read.check_dataset(dataset, path, max_elements=largest)
+            name = safe_read.read_attr(dataset, "name", path, "str")
+            if shapes is not None and shapes.get(name) != dataset.shape:
+                raise ValueError(
+                    f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' "
+                    f"holds '{name}' of shape {dataset.shape}; expected "
+                    + (
+                        f"shape {shapes[name]}, derived from the model."
+                        if name in shapes
+                        else f"only the strategy's arrays {sorted(shapes)}."
+                    )
+                )
             declared += math.prod(dataset.shape)
-        if declared > 2 * total:
+            names.append(name)
+        if declared > budget:
             raise ValueError(
                 f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' "
-                f"declares {declared} values; expected at most {2 * total} "
-                "(two per weight of the model)."
+                f"declares {declared} values; expected {expected}."
             )
-        for key in keys:
+        for key, name in zip(keys, names, strict=True):
             value = safe_read.read_dataset(
                 file, key, path, max_elements=largest, kinds="f"
             )
@@ -298,6 +328,5 @@ def _read_arrays(archive, path, model):
                     f"holds non-finite values in '{key}'; expected finite "
                     "numbers."
                 )
-            name = safe_read.read_attr(file[key], "name", path, "str")
             arrays[name] = value
     return arrays

@@ -60,6 +60,9 @@ class RunState:
         head_frozen_by_strategy: Whether the head is frozen because the
             strategy sets its weights itself (`Strategy.trains_head`), so
             that a run restored with one that trains it unfreezes it.
+        body_frozen_by_strategy: Likewise for the layers below the head,
+            frozen because the strategy keeps the features fixed
+            (`Strategy.trains_body`).
     """
 
     stage: int = 0
@@ -74,6 +77,7 @@ class RunState:
     evaluation: bool = False
     freeze_callable: bool = False
     head_frozen_by_strategy: bool = False
+    body_frozen_by_strategy: bool = False
 
     def replace(self, **changes):
         """A copy with `changes` applied."""
@@ -90,6 +94,7 @@ class RunState:
                 "evaluation": self.evaluation,
                 "freeze_callable": self.freeze_callable,
                 "head_frozen_by_strategy": self.head_frozen_by_strategy,
+                "body_frozen_by_strategy": self.body_frozen_by_strategy,
                 "exported": self.exported,
                 "history": list(self.history),
                 "stage_classes": [list(g) for g in self.stage_classes],
@@ -131,6 +136,7 @@ class RunState:
             evaluation=checked["evaluation"],
             freeze_callable=checked["freeze_callable"],
             head_frozen_by_strategy=checked["head_frozen_by_strategy"],
+            body_frozen_by_strategy=checked["body_frozen_by_strategy"],
         )
 
 
@@ -237,6 +243,7 @@ def check_state(state, path):
         "evaluation": check.flag(state, "evaluation"),
         "freeze_callable": check.flag(state, "freeze_callable"),
         "head_frozen_by_strategy": check.flag(state, "head_frozen_by_strategy"),
+        "body_frozen_by_strategy": check.flag(state, "body_frozen_by_strategy"),
     }
 
 

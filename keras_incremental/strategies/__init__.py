@@ -10,8 +10,10 @@
 | `"wa"` | replay + distillation + `WeightAligning()` |
 | `"der++"` | replay + `LogitReplay()`: dark experience replay |
 | `"default"` | replay, balanced loss, distillation, WA, label smoothing |
+| `"analytic"` | `Analytic()`: a ridge head on fixed features, no exemplars |
 """
 
+from keras_incremental.strategies.analytic import Analytic
 from keras_incremental.strategies.asymmetric_loss import AsymmetricLoss
 from keras_incremental.strategies.balanced_loss import BalancedLoss
 from keras_incremental.strategies.distillation import Distillation
@@ -75,12 +77,14 @@ NAMED = {
     "wa": wa,
     "der++": der_plus_plus,
     "default": default,
+    "analytic": Analytic,
 }
 
 PARTS = {
     cls.__name__: cls
     for cls in (
         Strategy,
+        Analytic,
         AsymmetricLoss,
         BalancedLoss,
         Replay,
@@ -166,6 +170,7 @@ def deserialize(config):
 
 
 __all__ = [
+    "Analytic",
     "AsymmetricLoss",
     "BalancedLoss",
     "Combine",

@@ -33,6 +33,9 @@ class StageContext:
             dataset), or `None` when not known.
         variables: The variables the stage may train (the frozen layers'
             left out), or `None` for the model's trainable variables.
+        read_data: A function of no arguments that returns the stage's own
+            samples as `(x, class_indices)` NumPy arrays, also for a stage
+            given as a `tf.data.Dataset` (read once more), or `None`.
     """
 
     model: keras.Model
@@ -46,6 +49,7 @@ class StageContext:
     replayed: object = None
     labels: object = None
     variables: list = None
+    read_data: object = None
 
 
 class Strategy:
@@ -67,7 +71,9 @@ class Strategy:
       step, with the batch's features (the head's inputs): to accumulate
       statistics in the strategy's `stage_variables`, adding no loss;
     - `end_stage(context)` after the last step, before the memory update;
-    - `predict(context, x)` class indices, or `None` to use the head.
+    - `predict(context, x)` class indices, or `None` to use the head;
+    - `remember(context, x, labels)` from `IncrementalModel.remember`, for
+      a strategy that learns from old samples itself (`remembers`).
 
     Flags read by the callback: `replay` (mix the memory's exemplars into
     `prepare`), `selection` (`"random"` or `"herding"`; `None` for no
@@ -76,7 +82,11 @@ class Strategy:
     `needs_arrays` (the stage must come as NumPy arrays, not `tf.data`),
     `trains_head` (`False`: the head gets no gradient step and no optimizer
     state during a stage; the strategy sets its weights itself, in
-    `end_stage`).
+    `end_stage`), `trains_body` (`False`: every layer below the head is
+    frozen during a stage, as with `freeze="backbone"`), `remembers` (the
+    samples given to `IncrementalModel.remember` go to the strategy's
+    `remember`, with or without an exemplar memory). The flags are read at
+    each stage's start, so a strategy may change them between stages.
 
     Example:
 
@@ -92,6 +102,8 @@ class Strategy:
     needs_logits = False
     needs_arrays = False
     trains_head = True
+    trains_body = True
+    remembers = False
 
     def adopt(self, context):
         """Called once before the first stage on an adopted head.
@@ -209,6 +221,17 @@ class Strategy:
         """
         return None
 
+    def remember(self, context, x, labels):
+        """Learns from samples of known classes, without training
+        (`IncrementalModel.remember`, for a strategy with `remembers`).
+
+        Args:
+            context: A `StageContext` of the run's last finished stage (no
+                teacher, no stage data).
+            x: The samples, a NumPy array, checked like `prepare`'s.
+            labels: Their class indices, 1-D int64.
+        """
+
     def score_layers(self, context):
         """Scores the strategy gives beside every prediction.
 
@@ -238,6 +261,17 @@ class Strategy:
     def check_state(self, model):
         """Raises `ValueError` when the state set by `set_state` (read from
         a checkpoint) does not fit `model`."""
+
+    def state_shapes(self, model):
+        """The shapes `get_state`'s arrays may have for `model`, by name, or
+        `None` for no declaration.
+
+        A checkpoint's reader checks every saved array against them before
+        it reads a byte (a name not declared, or another shape, is refused).
+        Without a declaration, each array may be as large as the model's
+        largest weight, and all of them twice its weights.
+        """
+        return None
 
     @property
     def parts(self):
@@ -296,7 +330,16 @@ class Combine(Strategy):
         self.needs_teacher = any(p.needs_teacher for p in flat)
         self.needs_logits = any(p.needs_logits for p in flat)
         self.needs_arrays = any(p.needs_arrays for p in flat)
-        self.trains_head = all(p.trains_head for p in flat)
+        self.remembers = any(p.remembers for p in flat)
+
+    # Parts may change these between stages: read them each time.
+    @property
+    def trains_head(self):
+        return all(p.trains_head for p in self._parts)
+
+    @property
+    def trains_body(self):
+        return all(p.trains_body for p in self._parts)
 
     @property
     def parts(self):
@@ -346,6 +389,11 @@ class Combine(Strategy):
                 return indices
         return None
 
+    def remember(self, context, x, labels):
+        for part in self._parts:
+            if part.remembers:
+                part.remember(context, x, labels)
+
     def score_layers(self, context):
         layers = {}
         for part in self._parts:
@@ -373,6 +421,18 @@ class Combine(Strategy):
     def check_state(self, model):
         for part in self._parts:
             part.check_state(model)
+
+    def state_shapes(self, model):
+        shapes = {}
+        for index, part in enumerate(self._parts):
+            declared = part.state_shapes(model)
+            if declared is None:
+                if type(part).get_state is not Strategy.get_state:
+                    return None  # arrays of undeclared shapes
+                continue
+            for name, shape in declared.items():
+                shapes[f"{index}:{name}"] = shape
+        return shapes
 
     def get_config(self):
         return {"name": self.name}
