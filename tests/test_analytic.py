@@ -546,8 +546,11 @@ def test_remember_refuses_samples_of_another_shape():
 def test_analytic_refuses_bad_options():
     with pytest.raises(ValueError, match="regularization"):
         ki.strategies.Analytic(regularization="gcv")
-    with pytest.raises(ValueError, match="regularization"):
-        ki.strategies.Analytic(regularization=0)
+    for value in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="regularization"):
+            ki.strategies.Analytic(regularization=value)
+    with pytest.raises(TypeError, match="regularization"):
+        ki.strategies.Analytic(regularization=True)
     with pytest.raises(TypeError, match="train_first_stage"):
         ki.strategies.Analytic(train_first_stage="yes")
     strategy = ki.strategies.deserialize(

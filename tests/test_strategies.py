@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits
 import keras_incremental as ki
 from keras_incremental import strategies
 from keras_incremental.strategies import EWC
+from keras_incremental.strategies import Analytic
 from keras_incremental.strategies import BalancedLoss
 from keras_incremental.strategies import Combine
 from keras_incremental.strategies import Distillation
@@ -334,6 +335,7 @@ INTEGER_ARGUMENTS = [
     (EWC, "seed", [0, 7, 2**70], [-1]),
     (LabelSmoothing, "adopt_epochs", [0, 5], [-1]),
 ]
+BOOLEAN_ARGUMENTS = [(Analytic, "train_first_stage")]
 
 
 def _ids(arguments):
@@ -342,7 +344,10 @@ def _ids(arguments):
 
 def test_every_numeric_or_boolean_strategy_argument_is_listed():
     listed = {
-        (cls, name) for cls, name, *_ in NUMBER_ARGUMENTS + INTEGER_ARGUMENTS
+        (cls, name)
+        for cls, name, *_ in NUMBER_ARGUMENTS
+        + INTEGER_ARGUMENTS
+        + BOOLEAN_ARGUMENTS
     }
     found = set()
     for cls in [*strategies.PARTS.values(), Combine]:
@@ -463,6 +468,15 @@ def test_numpy_integers_are_stored_as_python_ints(cls, name, valid, invalid):
             assert stored == value
             config = json.loads(json.dumps(strategy.get_config()))
             assert config[name] == stored
+
+
+@pytest.mark.parametrize("cls, name", BOOLEAN_ARGUMENTS)
+def test_boolean_arguments_take_bools_only(cls, name):
+    for value in (True, False, np.bool_(True)):
+        assert getattr(cls(**{name: value}), name) is bool(value)
+    for value in (1, 0, "yes", None):
+        with pytest.raises(TypeError, match=f"`{name}`"):
+            cls(**{name: value})
 
 
 def test_the_issue_examples():

@@ -16,12 +16,22 @@ from keras_incremental.bench import adoption
 from keras_incremental.bench import data
 from keras_incremental.bench import protocol
 from keras_incremental.bench import threads
+from keras_incremental.bench import transfer
 
-METHODS = tuple(sorted(strategies.NAMED)) + protocol.REFERENCES
-SCENARIOS = ("protocol", "adopt")
+METHODS = (
+    tuple(sorted(strategies.NAMED)) + protocol.VARIANTS + protocol.REFERENCES
+)
+SCENARIOS = ("protocol", "adopt", "transfer")
 DEFAULT_METHODS = {
     "protocol": ["default"],
     "adopt": ["default", *adoption.REFERENCES],
+    "transfer": ["analytic", "default", *transfer.REFERENCES],
+}
+# The methods each scenario runs (besides the strategy names).
+SCENARIO_METHODS = {
+    "protocol": METHODS,
+    "adopt": tuple(sorted(strategies.NAMED)) + adoption.REFERENCES,
+    "transfer": tuple(sorted(strategies.NAMED)) + transfer.REFERENCES,
 }
 # Options of one scenario only: setting them for the other is an error.
 PROTOCOL_ONLY = ("order", "epochs")
@@ -161,6 +171,15 @@ def parser(prog="python -m keras_incremental.bench"):
             "affinity to N CPUs (default: the backend's own thread pools)."
         ),
     )
+    result.add_argument(
+        "--width",
+        type=int,
+        default=protocol.DEFAULT_WIDTH,
+        help=(
+            "The RandomFeatures width of 'analytic' in the protocol "
+            f"(default: {protocol.DEFAULT_WIDTH})."
+        ),
+    )
     result.add_argument("--json", metavar="PATH", help="Write results here.")
     return result
 
@@ -183,13 +202,14 @@ def check_arguments(arguments, error):
     if arguments.epochs is None:
         arguments.epochs = 5
     names = []
+    known = SCENARIO_METHODS[scenario]
     for name in arguments.strategy:
-        expanded = list(METHODS) if name == "all" else [name]
+        expanded = list(known) if name == "all" else [name]
         for method in expanded:
-            if method not in METHODS:
+            if method not in known:
                 error(
-                    f"unknown method {method!r}; expected one of "
-                    f"{', '.join(METHODS)} or 'all'"
+                    f"unknown method {method!r} for --scenario {scenario}; "
+                    f"expected one of {', '.join(known)} or 'all'"
                 )
             if method not in names:
                 names.append(method)
@@ -201,6 +221,8 @@ def check_arguments(arguments, error):
         )
     if arguments.memory_size < 0:
         error(f"--memory-size must be >= 0; received {arguments.memory_size}")
+    if arguments.width < 1:
+        error(f"--width must be >= 1; received {arguments.width}")
     if arguments.epochs < 1:
         error(f"--epochs must be >= 1; received {arguments.epochs}")
     if arguments.threads is not None:
@@ -222,6 +244,8 @@ def run(arguments, out=sys.stdout):
     """Runs every method on every seed; returns the JSON-able results."""
     if arguments.scenario == "adopt":
         return run_adopt(arguments, out)
+    if arguments.scenario == "transfer":
+        return run_transfer(arguments, out)
     dataset = data.load(arguments.dataset)
     methods = {}
     for method in arguments.strategy:
@@ -234,6 +258,7 @@ def run(arguments, out=sys.stdout):
                 seed=seed,
                 memory_size=arguments.memory_size,
                 epochs=arguments.epochs,
+                width=arguments.width,
             )
             runs.append(result)
             print(
@@ -259,6 +284,7 @@ def run(arguments, out=sys.stdout):
             "order": arguments.order,
             "memory_size": arguments.memory_size,
             "epochs": arguments.epochs,
+            "width": arguments.width,
             **runtime(arguments),
         },
     }
@@ -304,6 +330,42 @@ def run_adopt(arguments, out=sys.stdout):
             "old_classes": list(adoption.OLD_CLASSES),
             "new_classes": list(adoption.NEW_CLASSES),
             **ADOPT_SCHEDULE,
+            **runtime(arguments),
+        },
+    }
+
+
+def run_transfer(arguments, out=sys.stdout):
+    """Runs the transfer scenario: per seed, the backbone once, then every
+    method on it; returns the JSON-able results."""
+    dataset = data.load(arguments.dataset)
+    runs = {method: [] for method in arguments.strategy}
+    for seed in arguments.seeds:
+        body = transfer.pretrain(dataset, seed)
+        for method in arguments.strategy:
+            result = transfer.run(method, dataset, body, seed=seed)
+            runs[method].append(result)
+            print(
+                f"  {method:<14} seed {seed}: final "
+                f"{100 * result['final_accuracy']:5.1f}%  "
+                f"{result['seconds']:5.1f} s",
+                file=out,
+                flush=True,
+            )
+    methods = {name: _mean_of(r) for name, r in runs.items()}
+    return {
+        "scenario": "transfer",
+        "methods": methods,
+        "peak_rss_mb": _peak_rss_mb(),
+        "arguments": {
+            "scenario": "transfer",
+            "dataset": arguments.dataset,
+            "strategy": arguments.strategy,
+            "seeds": arguments.seeds,
+            "pretrain_classes": list(transfer.PRETRAIN_CLASSES),
+            "new_classes": list(transfer.NEW_CLASSES),
+            "epochs": transfer.EPOCHS,
+            "memory_size": transfer.MEMORY_SIZE,
             **runtime(arguments),
         },
     }
@@ -361,6 +423,8 @@ def _mean_of(runs):
         "backward_transfer",
         "seconds",
     )
+    # A reference measured at the end only has no per-stage metrics.
+    keys = [k for k in keys if k in runs[0]]
     mean = {k: float(np.mean([r[k] for r in runs])) for k in keys}
     mean["final_accuracy_std"] = float(
         np.std([r["final_accuracy"] for r in runs])
@@ -375,9 +439,11 @@ def _mean_of(runs):
         ],
         dtype="float64",
     )
-    mean["accuracy_matrix"] = metrics.summarize(np.mean(matrices, axis=0))[
-        "accuracy_matrix"
-    ]
+    averaged = np.mean(matrices, axis=0)
+    if averaged.shape[0] == averaged.shape[1]:
+        mean["accuracy_matrix"] = metrics.summarize(averaged)["accuracy_matrix"]
+    else:  # a reference's one row, at the end
+        mean["accuracy_matrix"] = averaged.tolist()
     mean["runs"] = runs
     return mean
 
@@ -395,12 +461,20 @@ def table(report):
         lines.append(
             f"| {name} | {100 * m['final_accuracy']:.1f} "
             f"± {100 * m['final_accuracy_std']:.1f} "
-            f"| {100 * m['average_incremental_accuracy']:.1f} "
-            f"| {100 * m['forgetting']:.1f} "
-            f"| {100 * m['backward_transfer']:.1f} "
+            f"| {_percent(m, 'average_incremental_accuracy')} "
+            f"| {_percent(m, 'forgetting')} "
+            f"| {_percent(m, 'backward_transfer')} "
             f"| {m['seconds']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _percent(metrics_of, key):
+    """`key` of a method's metrics in %, or "-" for a reference measured at
+    the end only."""
+    if key not in metrics_of:
+        return "-"
+    return f"{100 * metrics_of[key]:.1f}"
 
 
 def adopt_table(report):
@@ -483,6 +557,14 @@ def main(argv=None, prog="python -m keras_incremental.bench"):
             f"{ADOPT_SCHEDULE['source_epochs']} epochs, then 8 and 9 for "
             f"{ADOPT_SCHEDULE['epochs']}, memory {arguments.memory_size}, "
             f"{_runtime_text(arguments)}",
+            flush=True,
+        )
+    elif arguments.scenario == "transfer":
+        print(
+            f"keras_incremental bench, transfer scenario: "
+            f"{arguments.dataset}, {len(arguments.seeds)} seed(s), a "
+            "backbone pretrained on classes 0..4, frozen, then 5..9 one per "
+            f"stage, {_runtime_text(arguments)}",
             flush=True,
         )
     else:

@@ -6,6 +6,7 @@ uses one; after each stage, accuracy on the test data of every class seen.
 """
 
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -13,10 +14,20 @@ import numpy as np
 from keras_incremental import metrics
 from keras_incremental.callbacks import IncrementalModel
 from keras_incremental.layers import ExpandableDense
+from keras_incremental.layers import RandomFeatures
 from keras_incremental.memory import ExemplarMemory
 from keras_incremental.strategies import EWC
+from keras_incremental.strategies import Analytic
 
 REFERENCES = ("rebuild", "joint")
+# The analytic head on the protocol's MLP, its first stage trained with
+# gradients (RanPAC's first phase); `"analytic"` itself runs on
+# `RandomFeatures` of the raw inputs.
+ANALYTIC_MLP = "analytic-mlp"
+VARIANTS = (ANALYTIC_MLP,)
+# The random features' width for `"analytic"` (see benchmarks/RESULTS.md for
+# the trade-off of width against accuracy and time).
+DEFAULT_WIDTH = 2048
 
 
 def build_model(input_dim, units, layer=ExpandableDense, hidden=256):
@@ -27,6 +38,18 @@ def build_model(input_dim, units, layer=ExpandableDense, hidden=256):
             keras.layers.Dense(hidden, activation="relu", name="dense_1"),
             keras.layers.Dense(hidden, activation="relu", name="dense_2"),
             layer(units, name="head"),
+        ]
+    )
+
+
+def build_random_features_model(input_dim, width, seed):
+    """`Input -> RandomFeatures(width) -> ExpandableDense(0)`: the model of
+    `"analytic"` in the protocol."""
+    return keras.Sequential(
+        [
+            keras.Input((input_dim,)),
+            RandomFeatures(width, seed=seed, name="features"),
+            ExpandableDense(0, name="head"),
         ]
     )
 
@@ -61,6 +84,7 @@ def run(
     batch_size=32,
     steps_per_execution=32,
     on_stage=None,
+    width=DEFAULT_WIDTH,
 ):
     """Runs one method through the protocol and measures it.
 
@@ -81,6 +105,8 @@ def run(
             function, for the methods of this package. Defaults to `32`.
         on_stage: Optional callable `(stage, row, overall)` called after
             each stage's evaluation.
+        width: The `RandomFeatures` width of `"analytic"`. Defaults to
+            `DEFAULT_WIDTH`.
 
     Returns:
         A dict: `summarize`'s metrics plus `seconds` (training and
@@ -103,6 +129,7 @@ def run(
             epochs=epochs,
             batch_size=batch_size,
             steps_per_execution=steps_per_execution,
+            width=width,
         )
     ):
         seen = np.isin(y_test, np.concatenate(stages[: index + 1]))
@@ -130,43 +157,65 @@ def _incremental(
     epochs,
     batch_size,
     steps_per_execution,
+    width=DEFAULT_WIDTH,
 ):
     """Our loop: one model, grown by `IncrementalModel` stage by stage.
 
     Stages go in as `tf.data` pipelines (shuffled, batched) on TensorFlow
     where the strategy allows, with `steps_per_execution`: the fast path the
     docs recommend. Strategies that need arrays (logit replay, EWC), and
-    the other backends, get arrays.
+    the other backends, get arrays. The analytic head reads each stage's
+    samples once: its stages run one epoch (after the first, for
+    `"analytic-mlp"`, which trains the MLP with gradients), with no memory.
     """
 
     joint = method == "joint"
-    model = compile_model(build_model(x_train.shape[1], 0), steps_per_execution)
+    analytic = method in ("analytic", ANALYTIC_MLP)
+    if method == "analytic":
+        model = build_random_features_model(x_train.shape[1], width, seed)
+        strategy = Analytic()
+    elif method == ANALYTIC_MLP:
+        model = build_model(x_train.shape[1], 0)
+        strategy = Analytic(train_first_stage=True)
+    else:
+        model = build_model(x_train.shape[1], 0)
+        strategy = "finetune" if joint else method
+    model = compile_model(model, steps_per_execution)
     inc = IncrementalModel(
         model=model,
-        strategy="finetune" if joint else method,
-        memory_size=0 if joint else memory_size,
+        strategy=strategy,
+        memory_size=0 if joint or analytic else memory_size,
         seed=seed,
     )
     # JAX and PyTorch take NumPy batches straight; tf.data would convert
     # every batch from TensorFlow tensors.
     arrays = (
         keras.backend.backend() != "tensorflow"
+        or analytic
         or inc.strategy.needs_logits
         or any(isinstance(p, EWC) for p in inc.strategy.parts)
     )
+    stage_epochs = epochs
     for index, classes in enumerate(stages):
+        if analytic:
+            stage_epochs = epochs if inc.strategy.trains_head else 1
         seen = stages[: index + 1] if joint else [classes]
         mask = np.isin(y_train, np.concatenate(seen))
         if arrays:
             xs, ys = inc.prepare(x_train[mask], y_train[mask])
-            model.fit(
-                xs,
-                ys,
-                epochs=epochs,
-                batch_size=batch_size,
-                verbose=0,
-                callbacks=[inc],
-            )
+            with warnings.catch_warnings():
+                # The analytic head's stages train nothing: Keras says so.
+                warnings.filterwarnings(
+                    "ignore", "The model does not have any trainable"
+                )
+                model.fit(
+                    xs,
+                    ys,
+                    epochs=stage_epochs,
+                    batch_size=batch_size,
+                    verbose=0,
+                    callbacks=[inc],
+                )
         else:
             import tensorflow as tf
 
@@ -198,9 +247,10 @@ def _rebuild(
     epochs,
     batch_size,
     steps_per_execution,
+    width=None,
 ):
     """What users do today with plain Keras (no steps_per_execution)."""
-    del method, steps_per_execution
+    del method, steps_per_execution, width
     memory = ExemplarMemory(memory_size, seed=seed)
     classes = []
     model = None
