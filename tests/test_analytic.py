@@ -560,3 +560,123 @@ def test_analytic_refuses_bad_options():
         "regularization": 0.5,
         "train_first_stage": True,
     }
+
+
+# Serving and distribution -------------------------------------------------
+
+
+def test_the_solved_head_and_its_features_are_served(tmp_path):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = _model()
+    names = ["red", "green", "blue"]
+    inc = ki.IncrementalModel(
+        model=model, strategy="analytic", export_dir=tmp_path / "serving"
+    )
+    x, y = _data([0, 1, 2], 12, seed=0)
+    _fit(model, inc, x, np.asarray(names)[y])
+    version = tmp_path / "serving" / "1"
+    loaded = tf.saved_model.load(str(version))
+    answer = loaded.signatures["serving_default"](inputs=tf.constant(x))
+    served = [c.decode() for c in answer["classes"].numpy()]
+    assert served == list(inc.decode(inc.predict(x)))
+    np.testing.assert_allclose(
+        answer["probabilities"].numpy(),
+        keras.ops.convert_to_numpy(keras.ops.softmax(model(x))),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="tf.distribute runs on the TensorFlow backend only",
+)
+def test_mirrored_statistics_equal_one_device():
+    import tensorflow as tf
+
+    stages = [_data([0, 1], 21, 0), _data([2, 3], 13, 1)]
+    heads = []
+    for distributed in (False, True):
+        keras.utils.set_random_seed(0)
+        if distributed:
+            strategy = tf.distribute.MirroredStrategy(
+                ["/cpu:0", "/cpu:1"],
+                cross_device_ops=tf.distribute.ReductionToOneDevice(),
+            )
+            assert strategy.num_replicas_in_sync == 2
+            with strategy.scope():
+                model = _model()
+        else:
+            model = _model()
+        inc = ki.IncrementalModel(
+            model=model, strategy=ki.strategies.Analytic(0.1)
+        )
+        for x, y in stages:
+            _fit(model, inc, x, y, batch_size=8)
+        heads.append(_head_weights(model))
+        statistics = inc.strategy.statistics
+        np.testing.assert_array_equal(statistics.counts, [21, 21, 13, 13])
+    for single, mirrored in zip(heads[0], heads[1], strict=True):
+        _assert_relative(mirrored, single)
+
+
+DATA_PARALLEL_RUN = """
+import json, sys
+import keras, numpy as np
+sys.path.insert(0, sys.argv[1])
+import test_analytic as t
+import keras_incremental as ki
+
+heads = []
+for distributed in (False, True):
+    if distributed:
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(
+                devices=keras.distribution.list_devices()
+            )
+        )
+    keras.utils.set_random_seed(0)
+    model = t._model()
+    inc = ki.IncrementalModel(model=model, strategy=ki.strategies.Analytic(0.1))
+    for x, y in [t._data([0, 1], 21, 0), t._data([2, 3], 13, 1)]:
+        t._fit(model, inc, x, y, batch_size=8)
+    heads.append(t._head_weights(model))
+    keras.distribution.set_distribution(None)
+errors = [
+    float(np.max(np.abs(b - a)) / np.max(np.abs(a)))
+    for a, b in zip(heads[0], heads[1])
+]
+print(json.dumps({"devices": len(keras.distribution.list_devices()),
+                  "errors": errors}))
+"""
+
+
+@pytest.mark.backend_independent
+def test_jax_data_parallel_statistics_equal_one_device():
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=2",
+    }
+    tests = str(pathlib.Path(__file__).parent)
+    result = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL_RUN, tests],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 2
+    assert max(report["errors"]) <= 1e-6, report

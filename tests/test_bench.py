@@ -83,7 +83,12 @@ def test_bench_json_has_the_contract_keys(tmp_path, capsys):
         (["--order", "0", "1", "2"], "permutation"),
         (["--memory-size", "-1"], "--memory-size must be >= 0"),
         (["--dataset", "cifar"], "invalid choice"),
-        (["--scenario", "transfer"], "invalid choice"),
+        (["--scenario", "sideways"], "invalid choice"),
+        (
+            ["--scenario", "transfer", "--strategy", "rebuild"],
+            "unknown method 'rebuild' for --scenario transfer",
+        ),
+        (["--width", "0"], "--width must be >= 1"),
         (
             ["--scenario", "adopt", "--order", *"9 8 7 6 5 4 3 2 1 0".split()],
             "--order applies to --scenario protocol only",
@@ -124,6 +129,47 @@ def test_protocol_stages_and_rebuild_reference():
     assert min(counts) >= 35
 
 
+def test_protocol_analytic_forgets_nothing_and_keeps_no_exemplar():
+    """The analytic head on random features of digits: final accuracy above
+    the gradient default's, forgetting under a point (a small width: the
+    numbers at the default width are in benchmarks/RESULTS.md)."""
+    result = protocol.run("analytic", data.load("digits"), seed=0, width=512)
+    assert result["final_accuracy"] > 0.97
+    assert result["forgetting"] < 0.01
+    result = protocol.run(
+        protocol.ANALYTIC_MLP, data.load("digits"), seed=0, epochs=2
+    )
+    assert result["final_accuracy"] > 0.85
+
+
+@pytest.mark.end_to_end
+def test_transfer_scenario_analytic_equals_the_joint_linear_probe(capsys):
+    report = command.run(
+        command.check_arguments(
+            command.parser().parse_args(
+                [
+                    "--scenario",
+                    "transfer",
+                    "--seeds",
+                    "0",
+                    "--strategy",
+                    "analytic",
+                    "linear-probe",
+                    "joint-finetune",
+                ]
+            ),
+            pytest.fail,
+        )
+    )
+    methods = report["methods"]
+    analytic = methods["analytic"]["final_accuracy"]
+    assert abs(analytic - methods["linear-probe"]["final_accuracy"]) <= 0.001
+    assert analytic > 0.9
+    assert len(methods["analytic"]["accuracy_matrix"]) == 5
+    assert report["arguments"]["new_classes"] == [5, 6, 7, 8, 9]
+    assert "| linear-probe |" in command.table(report)
+
+
 def test_console_entry_points():
     assert cli.main([]) == 2
     assert cli.main(["nonsense"]) == 2
@@ -159,6 +205,14 @@ def test_scenario_defaults():
     assert protocol_arguments.order == list(range(10))
     assert protocol_arguments.epochs == 5
     assert protocol_arguments.memory_size == 200
+    assert protocol_arguments.width == protocol.DEFAULT_WIDTH
+    transfer_arguments = parsed(["--scenario", "transfer"])
+    assert transfer_arguments.strategy == [
+        "analytic",
+        "default",
+        "joint-finetune",
+        "linear-probe",
+    ]
     adopt_arguments = parsed(["--scenario", "adopt", "--dataset", "mnist5k"])
     assert adopt_arguments.strategy == ["default", "rebuild", "joint"]
     assert adopt_arguments.memory_size == 200
