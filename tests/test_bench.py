@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from keras_incremental import cli
@@ -168,6 +169,38 @@ def test_transfer_scenario_analytic_equals_the_joint_linear_probe(capsys):
     assert len(methods["analytic"]["accuracy_matrix"]) == 5
     assert report["arguments"]["new_classes"] == [5, 6, 7, 8, 9]
     assert "| linear-probe |" in command.table(report)
+
+
+def test_a_split_of_your_own(tmp_path):
+    x_train, y_train, x_test, y_test = data.load("digits")
+    path = tmp_path / "split.npz"
+    np.savez(
+        path, X_train=x_train, y_train=y_train, X_test=x_test, y_test=y_test
+    )
+    loaded = data.load_split(path)
+    for a, b in zip(loaded, (x_train, y_train, x_test, y_test), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.savez(path, X_train=x_train, y_train=y_train, X_test=x_test)
+    with pytest.raises(ValueError, match=r"lacks \['y_test'\]"):
+        data.load_split(path)
+    np.savez(
+        path,
+        X_train=x_train,
+        y_train=y_train + 10,
+        X_test=x_test,
+        y_test=y_test,
+    )
+    with pytest.raises(ValueError, match="classes 0..9"):
+        data.load_split(path)
+    np.savez(
+        path,
+        X_train=x_train.astype(object),
+        y_train=y_train,
+        X_test=x_test,
+        y_test=y_test,
+    )
+    with pytest.raises(ValueError, match="Object arrays cannot be loaded"):
+        data.load_split(path)
 
 
 def test_console_entry_points():

@@ -30,7 +30,9 @@ DEFAULT_METHODS = {
 # The methods each scenario runs (besides the strategy names).
 SCENARIO_METHODS = {
     "protocol": METHODS,
-    "adopt": tuple(sorted(strategies.NAMED)) + adoption.REFERENCES,
+    "adopt": tuple(sorted(strategies.NAMED))
+    + adoption.VARIANTS
+    + adoption.REFERENCES,
     "transfer": tuple(sorted(strategies.NAMED)) + transfer.REFERENCES,
 }
 # Options of one scenario only: setting them for the other is an error.
@@ -172,6 +174,16 @@ def parser(prog="python -m keras_incremental.bench"):
         ),
     )
     result.add_argument(
+        "--data",
+        metavar="NPZ",
+        help=(
+            "Run on this split instead of the --dataset's own: an .npz with "
+            "X_train, y_train, X_test, y_test (classes 0..9), such as the "
+            "peers' fixed splits in shared/peers/data (--dataset then only "
+            "names it)."
+        ),
+    )
+    result.add_argument(
         "--width",
         type=int,
         default=protocol.DEFAULT_WIDTH,
@@ -246,7 +258,7 @@ def run(arguments, out=sys.stdout):
         return run_adopt(arguments, out)
     if arguments.scenario == "transfer":
         return run_transfer(arguments, out)
-    dataset = data.load(arguments.dataset)
+    dataset = _dataset(arguments)
     methods = {}
     for method in arguments.strategy:
         runs = []
@@ -298,7 +310,7 @@ def run(arguments, out=sys.stdout):
 def run_adopt(arguments, out=sys.stdout):
     """Runs the adopt scenario: per seed, the source once, then every
     method from its saved file; returns the JSON-able results."""
-    dataset = data.load(arguments.dataset)
+    dataset = _dataset(arguments)
     sources = []
     runs = {method: [] for method in arguments.strategy}
     for seed in arguments.seeds:
@@ -338,7 +350,7 @@ def run_adopt(arguments, out=sys.stdout):
 def run_transfer(arguments, out=sys.stdout):
     """Runs the transfer scenario: per seed, the backbone once, then every
     method on it; returns the JSON-able results."""
-    dataset = data.load(arguments.dataset)
+    dataset = _dataset(arguments)
     runs = {method: [] for method in arguments.strategy}
     for seed in arguments.seeds:
         body = transfer.pretrain(dataset, seed)
@@ -371,12 +383,19 @@ def run_transfer(arguments, out=sys.stdout):
     }
 
 
+def _dataset(arguments):
+    if arguments.data is not None:
+        return data.load_split(arguments.data)
+    return data.load(arguments.dataset)
+
+
 def runtime(arguments):
     """What the benchmark runs on, for the JSON's arguments: `backend`
     (this process's), `threads` (the pinned count, or `None` when the
     backend's own thread pools were left alone) and `cpus` (the number of
     CPUs this process may run on)."""
     return {
+        "data": arguments.data,
         "backend": keras.backend.backend(),
         "threads": arguments.threads,
         "cpus": len(threads.available_cpus()),

@@ -3,6 +3,7 @@
 import numpy as np
 
 DATASETS = ("digits", "mnist5k")
+SPLIT_KEYS = ("X_train", "y_train", "X_test", "y_test")
 
 
 def load(name):
@@ -49,3 +50,46 @@ def load(name):
         x, y, test_size=0.2, stratify=y, random_state=0
     )
     return x_train, y_train, x_test, y_test
+
+
+def load_split(path):
+    """`(x_train, y_train, x_test, y_test)` from an `.npz` file with the keys
+    `X_train`, `y_train`, `X_test`, `y_test` (read without pickles), such as
+    the fixed splits the peer benchmarks use.
+
+    Raises:
+        ValueError: for a file without those keys, inputs that are not 2-D
+            floats, labels that are not 1-D integers of the classes 0..9, or
+            inputs and labels of different lengths.
+    """
+    with np.load(path, allow_pickle=False) as file:
+        missing = [key for key in SPLIT_KEYS if key not in file.files]
+        if missing:
+            raise ValueError(
+                f"The split '{path}' lacks {missing}; expected the arrays "
+                f"{list(SPLIT_KEYS)}. Received: {sorted(file.files)}"
+            )
+        arrays = [file[key] for key in SPLIT_KEYS]
+    result = []
+    for x, y, part in (
+        (arrays[0], arrays[1], "train"),
+        (arrays[2], arrays[3], "test"),
+    ):
+        if x.ndim != 2 or x.dtype.kind != "f":
+            raise ValueError(
+                f"The split's X_{part} must be a 2-D float array; received "
+                f"shape {x.shape} of dtype {x.dtype}."
+            )
+        if (
+            y.ndim != 1
+            or y.dtype.kind not in "iu"
+            or len(y) != len(x)
+            or not set(np.unique(y).tolist()) <= set(range(10))
+        ):
+            raise ValueError(
+                f"The split's y_{part} must be 1-D integer labels of the "
+                f"classes 0..9, one per row of X_{part}; received shape "
+                f"{y.shape} of dtype {y.dtype} for {len(x)} rows."
+            )
+        result += [x.astype("float32"), y.astype("int64")]
+    return tuple(result)

@@ -389,6 +389,12 @@ class IncrementalModel(keras.callbacks.Callback):
         keeps its budget, split evenly over the classes it holds. Use it
         after `adopt` to give the next stage old samples to replay.
 
+        A strategy that learns from old samples itself (`"analytic"`:
+        `Strategy.remembers`) takes every sample given, with or without a
+        memory: the analytic head adds their statistics and is solved
+        again at once, so after `adopt` and `remember` with all the old
+        samples it is the ridge fit on them.
+
         Args:
             x: Inputs as a NumPy array, first axis the samples.
             y: Their class labels, all of classes of finished stages (or
@@ -399,7 +405,8 @@ class IncrementalModel(keras.callbacks.Callback):
             The number of exemplars now in memory.
 
         Raises:
-            ValueError: without a memory (`memory_size=0`), for a class the
+            ValueError: without a memory (`memory_size=0`) for a strategy
+                that does not remember itself, for a class the
                 run does not know or whose stage is not trained yet, or for
                 bad inputs as in `prepare`. The memory is unchanged.
 
