@@ -18,6 +18,9 @@ the package's run uses (`--data`, the same `.npz` both sides read):
         --data ../shared/peers/data/mnist5k_split.npz --out avl.json
 """
 
+# The imports follow the peers' order: tv_shim before torchvision/avalanche.
+# ruff: noqa: I001
+
 import argparse
 import json
 import os
