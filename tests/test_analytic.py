@@ -217,6 +217,14 @@ def test_statistics_check_refuses_what_samples_cannot_make():
         (lambda s: s.counts.__setitem__(0, 0.5), "whole"),
         (lambda s: s.counts.__setitem__(0, 7.0), "disagree"),
         (lambda s: s.cross.__setitem__((0, 0), np.nan), "non-finite"),
+        (
+            lambda s: (
+                s.gram.__setitem__((0, 1), 40.0),
+                s.gram.__setitem__((1, 0), 40.0),
+            ),
+            "larger than its diagonal",
+        ),
+        (lambda s: s.cross.__setitem__((0, 0), 30.0), "Q has an entry"),
     ]:
         broken = statistics.copy()
         change(broken)
@@ -464,6 +472,50 @@ def test_crafted_statistics_are_refused(tmp_path, change, text):
     assert path.read_bytes() == before
 
 
+def test_a_bomb_of_statistics_is_refused_before_it_is_read(tmp_path):
+    """Statistics of the declared shapes but of zeros, deflated: a member
+    that expands far beyond what dense numbers do."""
+    keras.utils.set_random_seed(0)
+    model = _model(width=600)
+    path = tmp_path / "run.keras"
+    inc = ki.IncrementalModel(model=model, strategy="analytic", checkpoint=path)
+    _fit(model, inc, *_data([0, 1], 8, 0))
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    with h5py.File(io.BytesIO(entries[checkpoints.STRATEGY_ENTRY]), "r") as f:
+        arrays = {f[k].attrs["name"]: np.zeros_like(f[k][()]) for k in f}
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
+        for index, (name, value) in enumerate(arrays.items()):
+            file.create_dataset(f"array_{index}", data=value).attrs["name"] = (
+                name
+            )
+    entries[checkpoints.STRATEGY_ENTRY] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match="times its compressed size"):
+        ki.IncrementalModel.restore(path)
+
+
+def test_a_head_without_bias_is_refused():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((INPUTS,)),
+            ki.layers.RandomFeatures(8, seed=0),
+            ki.ExpandableDense(0, use_bias=False, name="head"),
+        ]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    inc = ki.IncrementalModel(model=model, strategy="analytic")
+    with pytest.raises(ValueError, match="use_bias=True"):
+        _fit(model, inc, *_data([0, 1], 8, 0))
+    assert inc.stage_ == 0
+
+
 # Adopting a classifier trained elsewhere ----------------------------------
 
 
@@ -593,7 +645,7 @@ def test_the_solved_head_and_its_features_are_served(tmp_path):
     keras.backend.backend() != "tensorflow",
     reason="tf.distribute runs on the TensorFlow backend only",
 )
-def test_mirrored_statistics_equal_one_device():
+def test_mirrored_run_statistics_from_the_host_pass_equal_one_device():
     import tensorflow as tf
 
     stages = [_data([0, 1], 21, 0), _data([2, 3], 13, 1)]
@@ -654,7 +706,7 @@ print(json.dumps({"devices": len(keras.distribution.list_devices()),
 
 
 @pytest.mark.backend_independent
-def test_jax_data_parallel_statistics_equal_one_device():
+def test_jax_data_parallel_statistics_from_the_host_pass_equal_one_device():
     import json
     import os
     import pathlib

@@ -36,6 +36,24 @@ def test_is_a_dense_layer_with_its_arguments():
     assert layer.activation is keras.activations.softmax
 
 
+@pytest.mark.parametrize("capacity", [None, 8])
+def test_a_layer_without_bias_grows(capacity):
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            ki.ExpandableDense(
+                0, use_bias=False, capacity=capacity, name="head"
+            ),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    ki.expand(model, 2)
+    ki.expand(model, 3)
+    head = model.get_layer("head")
+    assert head.units == 5 and head.bias is None
+    assert tuple(model(np.ones((2, 4), "float32")).shape) == (2, 5)
+
+
 def test_zero_units_give_empty_outputs_without_matmul():
     model = mlp(units=0)
     x, _ = data()

@@ -12,7 +12,6 @@ from helpers import TENSORFLOW
 
 import keras_incremental as ki
 from keras_incremental import compat
-from keras_incremental.models.heads import find_head
 from keras_incremental.strategies.features import feature_extractor
 
 FEATURES = 6
@@ -94,8 +93,8 @@ class ClassMeans(ki.strategies.Strategy):
         self.sums = np.asarray(state.get("sums", np.zeros((0, FEATURES))))
         self.counts = np.asarray(state.get("counts", np.zeros((0,))))
 
-    def check_state(self, model):
-        units = find_head(model).units
+    def check_state(self, model, head):
+        units = head.units
         if self.sums.shape != (units, FEATURES) or self.counts.shape != (
             units,
         ):

@@ -236,7 +236,9 @@ def run_method(
             memory_size=0 if analytic else memory_size,
             seed=seed,
         )
-        if memory_size and method != ANALYTIC_WITHOUT_OLD:
+        if (memory_size or method == "analytic") and (
+            method != ANALYTIC_WITHOUT_OLD
+        ):
             inc.remember(x_train[old], y_train[old])
         xs, ys = inc.prepare(x_train[new], y_train[new])
         with warnings.catch_warnings():

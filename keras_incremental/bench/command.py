@@ -36,7 +36,7 @@ SCENARIO_METHODS = {
     "transfer": tuple(sorted(strategies.NAMED)) + transfer.REFERENCES,
 }
 # Options of one scenario only: setting them for the other is an error.
-PROTOCOL_ONLY = ("order", "epochs")
+PROTOCOL_ONLY = ("order", "epochs", "width")
 # The adopt scenario's fixed schedule (recorded in the JSON's arguments).
 ADOPT_SCHEDULE = {
     "source_epochs": adoption.SOURCE_EPOCHS,
@@ -186,10 +186,9 @@ def parser(prog="python -m keras_incremental.bench"):
     result.add_argument(
         "--width",
         type=int,
-        default=protocol.DEFAULT_WIDTH,
         help=(
-            "The RandomFeatures width of 'analytic' in the protocol "
-            f"(default: {protocol.DEFAULT_WIDTH})."
+            "Protocol scenario only: the RandomFeatures width of "
+            f"'analytic' (default: {protocol.DEFAULT_WIDTH})."
         ),
     )
     result.add_argument("--json", metavar="PATH", help="Write results here.")
@@ -213,6 +212,8 @@ def check_arguments(arguments, error):
         arguments.order = list(range(10))
     if arguments.epochs is None:
         arguments.epochs = 5
+    if arguments.width is None:
+        arguments.width = protocol.DEFAULT_WIDTH
     names = []
     known = SCENARIO_METHODS[scenario]
     for name in arguments.strategy:

@@ -27,7 +27,7 @@ ANALYTIC_MLP = "analytic-mlp"
 VARIANTS = (ANALYTIC_MLP,)
 # The random features' width for `"analytic"` (see benchmarks/RESULTS.md for
 # the trade-off of width against accuracy and time).
-DEFAULT_WIDTH = 2048
+DEFAULT_WIDTH = 1024
 
 
 def build_model(input_dim, units, layer=ExpandableDense, hidden=256):

@@ -9,6 +9,7 @@ stage's data), `Teacher`, `StageFunctions` (the compiled-function cache),
 `docs/architecture.md`.
 """
 
+import copy
 import dataclasses
 import functools
 import uuid
@@ -421,17 +422,23 @@ class IncrementalModel(keras.callbacks.Callback):
         """
         # Only classes of finished stages: a second `prepare` may take a
         # pending one's index back and give it to another class.
+        self._check_saved()
         committed = LabelEncoder(list(self._records.classes) or None)
         remembers = self.strategy.remembers
         x, indices = stage_data.check_remember(
             x, y, committed, self.memory, needs_memory=not remembers
         )
+        memory = self.memory
+        if self.memory_size:
+            # On a copy (`update` replaces the arrays), kept only when the
+            # strategy's part succeeds too.
+            embed, predict = self._memory_functions()
+            memory = copy.copy(self.memory)
+            memory.selection = self._selection()
+            memory.update(x, indices, embed=embed, predict=predict)
         if remembers:
             self._strategy_remembers(x, indices)
-        if self.memory_size:
-            embed, predict = self._memory_functions()
-            self.memory.selection = self._selection()
-            self.memory.update(x, indices, embed=embed, predict=predict)
+        self.memory = memory
         return len(self.memory)
 
     def _strategy_remembers(self, x, indices):
@@ -1161,7 +1168,7 @@ class IncrementalModel(keras.callbacks.Callback):
         if saved.same_parts:
             try:
                 self.strategy.set_state(saved.arrays)
-                self.strategy.check_state(self.model)
+                self.strategy.check_state(self.model, self._head())
             except ValueError as error:
                 raise ValueError(
                     f"Checkpoint '{saved.path}' is not valid: {error}"
@@ -1181,7 +1188,9 @@ class IncrementalModel(keras.callbacks.Callback):
             frozen.append(head)
             self._training.head_frozen = True
         if state.body_frozen_by_strategy:
-            # Likewise the body, for a strategy that keeps it fixed.
+            # Likewise the body, for a strategy that keeps it fixed (the
+            # layers it froze are frozen in the file, as are any the user
+            # froze: those are not told apart).
             body = [
                 layer
                 for layer in layers_to_freeze(self.model, head, "backbone")

@@ -75,10 +75,13 @@ class LayerTraining:
         frozen = layers_to_freeze(model, head, freeze)
         self.body_frozen = False
         if not train_body:
+            # Not the layers the user made non-trainable: the stage that
+            # trains the body again must leave those as they are.
             body = [
                 layer
                 for layer in layers_to_freeze(model, head, "backbone")
                 if layer not in frozen
+                and (layer.trainable or layer in self.frozen)
             ]
             self.body_frozen = bool(body)
             frozen = [*frozen, *body]

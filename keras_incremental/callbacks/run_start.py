@@ -2,6 +2,7 @@
 reads, checks and warns about before the callback takes it."""
 
 import dataclasses
+import functools
 import warnings
 
 import keras
@@ -55,7 +56,9 @@ def read_saved_run(path, strategy=None, freeze=None, evaluation=None):
             that is not a valid checkpoint. Nothing is changed.
     """
     model, state, memory, arrays = checkpoints.read_checkpoint(
-        path, ExemplarMemory, array_shapes=_saved_array_shapes
+        path,
+        ExemplarMemory,
+        array_shapes=functools.partial(_saved_array_shapes, strategy),
     )
     path = checkpoints.check_checkpoint_path(path)
     settings = dict(state.settings)
@@ -82,13 +85,20 @@ def read_saved_run(path, strategy=None, freeze=None, evaluation=None):
     return SavedRun(model, path, settings, state, memory, arrays, same_parts)
 
 
-def _saved_array_shapes(model, state):
-    """The shapes the saved strategy declares for its arrays on `model`,
-    or `None` (the reader's default bound) when it declares none or cannot
-    be rebuilt (which `_restored_strategy` reports)."""
+def _saved_array_shapes(strategy, model, head, state):
+    """The shapes declared for the saved arrays on `model` and `head`: by
+    `strategy` (the one given to `restore`) when it has the saved one's
+    parts, else by the saved strategy; `None` (the reader's default bound)
+    when neither declares any or the saved one cannot be rebuilt (which
+    `_restored_strategy` reports)."""
     try:
-        saved = strategies.deserialize(state.settings["strategy"])
-        return saved.state_shapes(model)
+        saved = state.settings["strategy"]
+        parts = [p["class"] for p in saved["parts"]]
+        if strategy is not None:
+            given = strategies.get(strategy)
+            if [type(p).__name__ for p in given.parts] == parts:
+                return given.state_shapes(model, head)
+        return strategies.deserialize(saved).state_shapes(model, head)
     except (KeyError, TypeError, ValueError):
         return None
 

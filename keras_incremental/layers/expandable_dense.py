@@ -347,6 +347,7 @@ class ExpandableDense(keras.layers.Dense):
         new_kernel_value = _grown_value(
             old_kernel, kernel_initializer, self.units, units, width
         )
+        new_bias_value = None
         if old_bias is not None:
             new_bias_value = _grown_value(
                 old_bias, bias_initializer, self.units, units, width

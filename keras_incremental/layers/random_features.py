@@ -1,3 +1,5 @@
+"""`RandomFeatures`: a fixed random projection and an activation."""
+
 import keras
 import numpy as np
 from keras import ops

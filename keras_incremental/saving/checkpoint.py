@@ -128,9 +128,11 @@ def read_checkpoint(path, memory_class, array_shapes=None):
     Args:
         path: The checkpoint.
         memory_class: The class whose `load` reads the memory.
-        array_shapes: Optional function `(model, state) -> dict or None`:
-            the shapes the saved strategy declares for its arrays
-            (`Strategy.state_shapes`). Defaults to `None`: none declared.
+        array_shapes: Optional function `(model, head, state) -> dict or
+            None`: the shapes the saved strategy declares for its arrays
+            (`Strategy.state_shapes`; a name ending in `*` with the value
+            `None` lets that prefix's arrays take the default bound).
+            Defaults to `None`: none declared.
 
     Returns:
         `(model, state, memory, arrays)`: the model (loaded with
@@ -165,7 +167,7 @@ def read_checkpoint(path, memory_class, array_shapes=None):
         if STRATEGY_ENTRY in names:
             shapes = None
             if array_shapes is not None:
-                shapes = array_shapes(model, state)
+                shapes = array_shapes(model, head, state)
             arrays = _read_arrays(archive, path, model, shapes)
     if len(state.classes) != head.units:
         raise ValueError(
@@ -270,17 +272,36 @@ def _read_arrays(archive, path, model, shapes=None):
     `model` (`shapes`, a dict by name), or, without a declaration, each no
     larger than the model's largest weight and all of them at most two per
     weight. Every declared size is checked before any array is read."""
+    weight_largest = max((math.prod(w.shape) for w in model.weights), default=1)
+    weight_budget = 2 * sum(math.prod(w.shape) for w in model.weights)
+    # Prefixes (`"0:*"`) whose arrays take the default bound.
+    open_prefixes = []
+    max_expansion = None
     if shapes is None:
-        largest = max((math.prod(w.shape) for w in model.weights), default=1)
-        budget = 2 * sum(math.prod(w.shape) for w in model.weights)
+        largest, budget = weight_largest, weight_budget
         expected = f"at most {budget} (two per weight of the model)"
     else:
-        shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        open_prefixes = [n[:-1] for n, s in shapes.items() if s is None]
+        shapes = {
+            name: tuple(shape)
+            for name, shape in shapes.items()
+            if shape is not None
+        }
         largest = max((math.prod(s) for s in shapes.values()), default=0)
         budget = sum(math.prod(s) for s in shapes.values())
+        if open_prefixes:
+            largest = max(largest, weight_largest)
+            budget += weight_budget
         expected = f"at most {budget} (the strategy's declared shapes)"
+        # Declared statistics are dense floats, a few bytes each stored:
+        # a member that expands far more is refused before it is read.
+        max_expansion = 8
     data = safe_read.read_member(
-        archive, STRATEGY_ENTRY, path, 8 * budget + _H5_OVERHEAD_BYTES
+        archive,
+        STRATEGY_ENTRY,
+        path,
+        8 * budget + _H5_OVERHEAD_BYTES,
+        max_expansion=max_expansion,
     )
     arrays = {}
     with safe_read.h5_file(data, path, STRATEGY_ENTRY) as file:
@@ -301,7 +322,10 @@ def _read_arrays(archive, path, model, shapes=None):
                 )
             safe_read.check_dataset(dataset, path, max_elements=largest)
             name = safe_read.read_attr(dataset, "name", path, "str")
-            if shapes is not None and shapes.get(name) != dataset.shape:
+            declared_here = shapes is not None and not any(
+                name.startswith(prefix) for prefix in open_prefixes
+            )
+            if declared_here and shapes.get(name) != dataset.shape:
                 raise ValueError(
                     f"Checkpoint '{path}' is not valid: '{STRATEGY_ENTRY}' "
                     f"holds '{name}' of shape {dataset.shape}; expected "

@@ -134,7 +134,7 @@ def _not_zip(path, error):
     return f"a file that is not a zip archive (it starts with {head!r})"
 
 
-def read_member(archive, name, path, max_bytes):
+def read_member(archive, name, path, max_bytes, max_expansion=None):
     """Reads one member of an open zip archive, within a size limit.
 
     The declared size is checked before anything is decompressed; the data
@@ -147,6 +147,10 @@ def read_member(archive, name, path, max_bytes):
         path: The archive's path, for messages.
         max_bytes: The largest uncompressed size accepted, or `None` for
             no limit beyond the bomb rule.
+        max_expansion: Optional largest ratio of the uncompressed to the
+            compressed size (past 1 MiB), for members of dense numbers that
+            barely compress: a tighter bomb rule than the default. Defaults
+            to `None`.
 
     Returns:
         The member's bytes.
@@ -173,6 +177,16 @@ def read_member(archive, name, path, max_bytes):
             part,
             f"at most {max_bytes} bytes",
             f"a member declaring {declared} bytes",
+        )
+    if max_expansion is not None and declared > (
+        max_expansion * info.compress_size + (1 << 20)
+    ):
+        raise _error(
+            path,
+            part,
+            f"at most {max_expansion} times its compressed size (dense "
+            "numbers)",
+            f"{declared} bytes declared in {info.compress_size} stored",
         )
     if (
         declared > BOMB_FLOOR_BYTES

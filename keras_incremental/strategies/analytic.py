@@ -6,7 +6,6 @@ import warnings
 import keras
 import numpy as np
 
-from keras_incremental.models.heads import find_head
 from keras_incremental.strategies.features import feature_extractor
 from keras_incremental.strategies.features import outputs
 from keras_incremental.strategies.ridge import RidgeStatistics
@@ -107,7 +106,7 @@ class Analytic(Strategy):
 
     def adopt(self, context):
         # An adopted body was trained elsewhere: fixed from the start.
-        self._statistics(context.head)
+        self._statistics(context.head).grow(context.head.units)
 
     def end_stage(self, context):
         statistics = self._statistics(context.head).copy()
@@ -120,20 +119,44 @@ class Analytic(Strategy):
         """Adds the samples' statistics and solves the head again: after
         `adopt`, `inc.remember(x_old, y_old)` with all the old samples makes
         the head the ridge fit on them (one forward pass, nothing stored
-        but the statistics)."""
+        but the statistics).
+
+        Args:
+            context: A `StageContext` of the run's last finished stage.
+            x: The samples, a NumPy array of the model's input shape.
+            labels: Their class indices, 1-D.
+        """
         statistics = self._statistics(context.head).copy()
         statistics.grow(context.head.units)
         _add_samples(statistics, context.model, context.head, x, labels)
         self._solve(context.head, statistics)
 
     def _statistics(self, head):
+        if head.bias is None:
+            raise ValueError(
+                "The analytic head solves a kernel and a bias; expected a "
+                f"head with `use_bias=True`. Received the head '{head.name}' "
+                "without a bias. Nothing was changed."
+            )
         if self.statistics is None:
             self.statistics = RidgeStatistics(_feature_width(head))
         return self.statistics
 
     def _solve(self, head, statistics):
         """Sets the head to the ridge fit on `statistics` (then kept)."""
-        kernel, bias, lam = statistics.solve(self.regularization)
+        try:
+            kernel, bias, lam = statistics.solve(self.regularization)
+        except np.linalg.LinAlgError as error:
+            raise ValueError(
+                f"The analytic head's statistics cannot be solved ({error}); "
+                "expected statistics of samples. Nothing was changed."
+            ) from error
+        if not (np.all(np.isfinite(kernel)) and np.all(np.isfinite(bias))):
+            raise ValueError(
+                "The analytic head's solve gives non-finite weights; "
+                "expected finite features and statistics. Nothing was "
+                "changed."
+            )
         seen = statistics.counts > 0
         if not np.all(seen):
             # No sample of these classes (adopted, nothing remembered):
@@ -196,10 +219,9 @@ class Analytic(Strategy):
         lam = float(np.asarray(state["regularization"]).reshape(-1)[0])
         self.lam = None if np.isnan(lam) else lam
 
-    def check_state(self, model):
+    def check_state(self, model, head):
         if self.statistics is None:
             return
-        head = find_head(model)
         width = _feature_width(head)
         if self.statistics.features != width:
             raise ValueError(
@@ -215,8 +237,7 @@ class Analytic(Strategy):
             )
         self.statistics.check("the analytic head's statistics")
 
-    def state_shapes(self, model):
-        head = find_head(model)
+    def state_shapes(self, model, head):
         size = _feature_width(head) + 1
         return {
             "gram": (packed_size(size),),

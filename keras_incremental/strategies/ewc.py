@@ -112,7 +112,7 @@ class EWC(Strategy):
             if k.startswith("anchor:")
         }
 
-    def check_state(self, model):
+    def check_state(self, model, head):
         """Checks the restored importances against `model`'s weights.
 
         Keys are positions in `model.weights`; states saved by version 0.1

@@ -146,13 +146,29 @@ class RidgeStatistics:
         tolerance = 1e-9 * max(1.0, n)
         if not np.allclose(self.gram, self.gram.T, rtol=1e-12, atol=0):
             raise ValueError(f"{where}: G is not symmetric.")
-        if np.any(np.diag(self.gram) < 0):
+        diagonal = np.diag(self.gram)
+        if np.any(diagonal < 0):
             raise ValueError(f"{where}: G has a negative diagonal entry.")
         if np.any(self.counts < 0) or np.any(
             self.counts != np.round(self.counts)
         ):
             raise ValueError(
                 f"{where}: the class counts are not whole non-negative numbers."
+            )
+        # What any sum of h^T h and h^T y obeys (Cauchy-Schwarz): checks in
+        # O(M^2) that refuse most matrices no samples could have made.
+        slack = 1e-9 * max(1.0, float(np.max(diagonal, initial=0.0)))
+        bound = np.sqrt(np.outer(diagonal, diagonal))
+        if np.any(np.abs(self.gram) > bound * (1 + 1e-9) + slack):
+            raise ValueError(
+                f"{where}: G has an entry larger than its diagonal allows "
+                "(|G_ij| <= sqrt(G_ii G_jj)); expected a sum of h^T h."
+            )
+        cross_bound = np.sqrt(np.outer(diagonal, np.maximum(self.counts, 0)))
+        if np.any(np.abs(self.cross) > cross_bound * (1 + 1e-9) + slack):
+            raise ValueError(
+                f"{where}: Q has an entry larger than G and the counts "
+                "allow (|Q_ic| <= sqrt(G_ii n_c)); expected a sum of h^T y."
             )
         if abs(self.gram[-1, -1] - n) > tolerance or not np.allclose(
             self.cross[-1], self.counts, rtol=0, atol=tolerance

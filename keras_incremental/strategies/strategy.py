@@ -85,8 +85,10 @@ class Strategy:
     `end_stage`), `trains_body` (`False`: every layer below the head is
     frozen during a stage, as with `freeze="backbone"`), `remembers` (the
     samples given to `IncrementalModel.remember` go to the strategy's
-    `remember`, with or without an exemplar memory). The flags are read at
-    each stage's start, so a strategy may change them between stages.
+    `remember`, with or without an exemplar memory). `trains_head` and
+    `trains_body` are read at each stage's start (also through `Combine`),
+    so a strategy may change them between stages; the others are read
+    once.
 
     Example:
 
@@ -258,18 +260,20 @@ class Strategy:
     def set_state(self, state):
         """Restores what `get_state` returned."""
 
-    def check_state(self, model):
+    def check_state(self, model, head):
         """Raises `ValueError` when the state set by `set_state` (read from
-        a checkpoint) does not fit `model`."""
+        a checkpoint) does not fit `model` and its head `head` (the run's
+        `ExpandableDense`)."""
 
-    def state_shapes(self, model):
-        """The shapes `get_state`'s arrays may have for `model`, by name, or
-        `None` for no declaration.
+    def state_shapes(self, model, head):
+        """The shapes `get_state`'s arrays may have for `model` and its head
+        `head`, by name, or `None` for no declaration.
 
-        A checkpoint's reader checks every saved array against them before
-        it reads a byte (a name not declared, or another shape, is refused).
-        Without a declaration, each array may be as large as the model's
-        largest weight, and all of them twice its weights.
+        A checkpoint's reader checks every saved array's declared shape
+        against them before it reads the array (a name not declared, or
+        another shape, is refused). Without a declaration, each array may be
+        as large as the model's largest weight, and all of them twice its
+        weights.
         """
         return None
 
@@ -418,17 +422,18 @@ class Combine(Strategy):
                 }
             )
 
-    def check_state(self, model):
+    def check_state(self, model, head):
         for part in self._parts:
-            part.check_state(model)
+            part.check_state(model, head)
 
-    def state_shapes(self, model):
+    def state_shapes(self, model, head):
         shapes = {}
         for index, part in enumerate(self._parts):
-            declared = part.state_shapes(model)
+            declared = part.state_shapes(model, head)
             if declared is None:
                 if type(part).get_state is not Strategy.get_state:
-                    return None  # arrays of undeclared shapes
+                    # This part's arrays take the reader's default bound.
+                    shapes[f"{index}:*"] = None
                 continue
             for name, shape in declared.items():
                 shapes[f"{index}:{name}"] = shape
