@@ -27,12 +27,12 @@ test predictions; the source's training is not counted).
 import os
 import tempfile
 import time
-import warnings
 
 import keras
 import numpy as np
 
 from keras_incremental import metrics
+from keras_incremental.bench import protocol
 from keras_incremental.callbacks import IncrementalModel
 from keras_incremental.memory import ExemplarMemory
 
@@ -241,17 +241,15 @@ def run_method(
         ):
             inc.remember(x_train[old], y_train[old])
         xs, ys = inc.prepare(x_train[new], y_train[new])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "The model does not have any")
-            warnings.filterwarnings("ignore", "The analytic head has no")
-            model.fit(
-                xs,
-                ys,
-                epochs=1 if analytic else epochs,
-                batch_size=batch_size,
-                verbose=0,
-                callbacks=[inc],
-            )
+        protocol.fit_stage(
+            model,
+            xs,
+            ys,
+            inc,
+            1 if analytic else epochs,
+            batch_size,
+            quiet=("The analytic head has no",),
+        )
         predicted = inc.decode(inc.predict(x_test, batch_size=512))
     seconds = time.perf_counter() - start
     return {"seed": seed, **accuracies(y_test, predicted), "seconds": seconds}

@@ -68,6 +68,23 @@ def compile_model(model, steps_per_execution=1):
     return model
 
 
+def fit_stage(model, xs, ys, inc, epochs, batch_size, quiet=()):
+    """`model.fit` of one prepared stage with the callback, silencing what
+    the analytic head's stages make Keras say (nothing trains) and the
+    warnings whose messages start with one of `quiet`."""
+    with warnings.catch_warnings():
+        for message in ("The model does not have any trainable", *quiet):
+            warnings.filterwarnings("ignore", message)
+        model.fit(
+            xs,
+            ys,
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=0,
+            callbacks=[inc],
+        )
+
+
 def split_stages(order, per_stage=2):
     """Class lists of consecutive stages: `[[0, 1], [2, 3], ...]`."""
     order = [int(c) for c in order]
@@ -203,19 +220,7 @@ def _incremental(
         mask = np.isin(y_train, np.concatenate(seen))
         if arrays:
             xs, ys = inc.prepare(x_train[mask], y_train[mask])
-            with warnings.catch_warnings():
-                # The analytic head's stages train nothing: Keras says so.
-                warnings.filterwarnings(
-                    "ignore", "The model does not have any trainable"
-                )
-                model.fit(
-                    xs,
-                    ys,
-                    epochs=stage_epochs,
-                    batch_size=batch_size,
-                    verbose=0,
-                    callbacks=[inc],
-                )
+            fit_stage(model, xs, ys, inc, stage_epochs, batch_size)
         else:
             import tensorflow as tf
 

@@ -22,7 +22,6 @@ pretraining, not part of the run). Methods:
 """
 
 import time
-import warnings
 
 import keras
 import numpy as np
@@ -145,18 +144,9 @@ def _incremental(method, body, x_train, y_train, stages, seed):
     for classes in stages:
         mask = np.isin(y_train, classes)
         xs, ys = inc.prepare(x_train[mask], y_train[mask])
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", "The model does not have any trainable"
-            )
-            model.fit(
-                xs,
-                ys,
-                epochs=1 if analytic else EPOCHS,
-                batch_size=BATCH_SIZE,
-                verbose=0,
-                callbacks=[inc],
-            )
+        protocol.fit_stage(
+            model, xs, ys, inc, 1 if analytic else EPOCHS, BATCH_SIZE
+        )
         yield lambda x: np.asarray(inc.decode(inc.predict(x, batch_size=512)))
 
 

@@ -466,17 +466,7 @@ class IncrementalModel(keras.callbacks.Callback):
                 f"`remember` got samples of shape {received}; expected "
                 f"the model's input shape {expected}. Nothing was changed."
             )
-        self.strategy.remember(
-            StageContext(
-                model=model,
-                head=head,
-                stage=self.stage_,
-                old_units=head.units,
-                memory=self.memory,
-            ),
-            x,
-            indices,
-        )
+        self.strategy.remember(self._between_stages(model, head), x, indices)
 
     def decode(self, indices):
         """Maps class indices (e.g. `predict(x).argmax(-1)`) to class names."""
@@ -648,12 +638,9 @@ class IncrementalModel(keras.callbacks.Callback):
             for v in layer.weights
         }
         self.strategy.adopt(
-            StageContext(
-                model=model,
-                head=head,
-                stage=self.stage_,
-                old_units=head.units,
-                memory=self.memory,
+            self._between_stages(
+                model,
+                head,
                 variables=[
                     v for v in model.trainable_variables if id(v) not in frozen
                 ],
@@ -936,6 +923,18 @@ class IncrementalModel(keras.callbacks.Callback):
             for name, layer in layers.items()
         }
         return self._predict(x, None, batch_size), scores
+
+    def _between_stages(self, model, head, variables=None):
+        """A `StageContext` with no stage data: the head's units are the
+        old ones."""
+        return StageContext(
+            model=model,
+            head=head,
+            stage=self.stage_,
+            old_units=head.units,
+            memory=self.memory,
+            variables=variables,
+        )
 
     def _stage_or_run_context(self, memory=None):
         """The `StageContext` of the stage training, or one of the run."""
