@@ -93,20 +93,20 @@ def run(method, data, body, seed=0):
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     if method in REFERENCES:
-        predict = _reference(method, body, x_train, y_train)
-        rows, overall = _evaluate(predict, x_test, y_test, stages, final=True)
+        # Measured once, at the end, on every stage's classes.
+        predictors = [_reference(method, body, x_train, y_train)]
+        seen_after = [stages]
     else:
-        rows, overall = [], []
-        for index, predict in enumerate(
-            _incremental(method, body, x_train, y_train, stages, seed)
-        ):
-            seen = stages[: index + 1]
-            mask = np.isin(y_test, np.concatenate(seen))
-            row, accuracy = metrics.stage_accuracies(
-                y_test[mask], predict(x_test[mask]), seen
-            )
-            rows.append(row)
-            overall.append(accuracy)
+        predictors = _incremental(method, body, x_train, y_train, stages, seed)
+        seen_after = [stages[: i + 1] for i in range(len(stages))]
+    rows, overall = [], []
+    for predict, seen in zip(predictors, seen_after, strict=True):
+        mask = np.isin(y_test, np.concatenate(seen))
+        row, accuracy = metrics.stage_accuracies(
+            y_test[mask], predict(x_test[mask]), seen
+        )
+        rows.append(row)
+        overall.append(accuracy)
     seconds = time.perf_counter() - start
     if method in REFERENCES:
         summary = {"final_accuracy": overall[-1], "accuracy_matrix": rows}
@@ -114,14 +114,6 @@ def run(method, data, body, seed=0):
         summary = metrics.summarize(metrics.accuracy_matrix(rows), overall)
     summary.update({"method": method, "seed": seed, "seconds": seconds})
     return summary
-
-
-def _evaluate(predict, x_test, y_test, stages, final):
-    mask = np.isin(y_test, np.concatenate(stages))
-    row, accuracy = metrics.stage_accuracies(
-        y_test[mask], predict(x_test[mask]), stages
-    )
-    return [row], [accuracy]
 
 
 def _incremental(method, body, x_train, y_train, stages, seed):

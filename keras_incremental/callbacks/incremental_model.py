@@ -569,13 +569,12 @@ class IncrementalModel(keras.callbacks.Callback):
         optimizer = model.optimizer
         if optimizer is not None and not optimizer.built:
             variables = model.trainable_variables
+            own = {id(v) for v in head.weights}
             if not self.strategy.trains_head:
                 # The strategy sets the head's weights itself: no slots.
-                own = {id(v) for v in head.weights}
                 variables = [v for v in variables if id(v) not in own]
             if not self.strategy.trains_body:
                 # Nor for the body it keeps fixed.
-                own = {id(v) for v in head.weights}
                 variables = [v for v in variables if id(v) in own]
             with compat.variable_scope_of(head.kernel):
                 optimizer.build(variables)

@@ -109,11 +109,7 @@ class Analytic(Strategy):
         self._statistics(context.head).grow(context.head.units)
 
     def end_stage(self, context):
-        statistics = self._statistics(context.head).copy()
-        statistics.grow(context.head.units)
-        x, labels = context.read_data()
-        _add_samples(statistics, context.model, context.head, x, labels)
-        self._solve(context.head, statistics)
+        self._learn(context, *context.read_data())
 
     def remember(self, context, x, labels):
         """Adds the samples' statistics and solves the head again: after
@@ -126,6 +122,11 @@ class Analytic(Strategy):
             x: The samples, a NumPy array of the model's input shape.
             labels: Their class indices, 1-D.
         """
+        self._learn(context, x, labels)
+
+    def _learn(self, context, x, labels):
+        """Adds the statistics of `(x, labels)` on a copy and solves the
+        head on it; the copy is kept only when the solve succeeds."""
         statistics = self._statistics(context.head).copy()
         statistics.grow(context.head.units)
         _add_samples(statistics, context.model, context.head, x, labels)
